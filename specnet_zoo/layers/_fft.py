@@ -1,0 +1,66 @@
+"""Shared helpers for the spectral layers: input checks, float32 FFT under autocast, Hermitian repair.
+
+Spectra are kept in ``torch.fft.rfft2`` layout: a real map of spatial size (H, W) has a complex
+spectrum of shape (H, W // 2 + 1) holding the non-redundant half; rows are in FFT order
+(0, 1, ..., -2, -1).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+_FFT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_map(x: torch.Tensor, name: str, channels: int | None = None) -> None:
+    """Raise a clear error unless ``x`` is a real (N, C, H, W) tensor (with ``channels`` channels)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D (N, C, H, W) tensor, got {x.dim()}-D shape {tuple(x.shape)}")
+    if x.is_complex() or not x.is_floating_point():
+        raise TypeError(f"{name} expects a real floating-point tensor, got dtype {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} expects {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+
+
+def fft_dtype(x: torch.Tensor) -> torch.dtype:
+    """The real dtype the FFT runs in: float64 stays float64, everything else (half, bf16) is float32."""
+    return x.dtype if x.dtype in _FFT_DTYPES else torch.float32
+
+
+@contextmanager
+def fft_precision(x: torch.Tensor) -> Iterator[None]:
+    """Disable autocast for the FFT region: cuFFT half needs power-of-two sizes, bf16/CPU half has no FFT."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        yield
+
+
+def output_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Cast ``y`` to ``x``'s dtype and keep ``x``'s channels_last layout when it had one."""
+    y = y.to(x.dtype)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def hermitian_repair(spec: torch.Tensor, width: int) -> torch.Tensor:
+    """Make the self-conjugate columns of an rfft2 spectrum exactly Hermitian.
+
+    In rfft2 layout the column kx = 0 (and kx = W/2 for even W) holds both k_y and -k_y, which must be
+    complex conjugates for the inverse to be the transform of a real map. ``irfft2`` on CPU silently
+    keeps only the Hermitian part; CUDA does not always do so. Averaging each entry with the conjugate
+    of its mirror does explicitly what the CPU does, so every device computes the same real map.
+
+    Args:
+        spec: complex (..., H, W // 2 + 1) spectrum.
+        width: the spatial width W the spectrum belongs to.
+    """
+    cols = [0] if width % 2 else [0, width // 2]
+    mirror = torch.roll(spec[..., cols].flip(-2), shifts=1, dims=-2)  # row k -> row (-k) mod H
+    fixed = 0.5 * (spec[..., cols] + mirror.conj())
+    if len(cols) == 1:
+        return torch.cat([fixed, spec[..., 1:]], dim=-1)
+    return torch.cat([fixed[..., :1], spec[..., 1:-1], fixed[..., 1:]], dim=-1)

@@ -1,0 +1,195 @@
+"""Spectral pooling, Rippel, Snoek & Adams 2015, Algorithm 1, with low-pass resampling semantics.
+
+Convention (documented once, used everywhere in specnet-zoo):
+
+* Spectra are computed with ``norm="forward"`` both ways, so the DC coefficient is the mean and a
+  constant map stays the same constant at any output size (like adaptive average pooling).
+* Output size h keeps the frequencies ``|k| <= h / 2``. For even h the two frequencies ``+h/2`` and
+  ``-h/2`` land on the same output bin and are **summed** (aliased), exactly what sampling the
+  band-limited signal on the output grid does. The result is therefore Hermitian, the output is
+  real, the op is linear, and its autograd backward is its exact adjoint.
+* Growing a size (used for reconstruction) zero-pads the spectrum and splits an even input's Nyquist
+  bin in two halves, so ``resize(resize(x, up), back) == x`` and ``resize(resize(x, down), back)`` is
+  the orthogonal projection onto the kept band.
+* Output pixel (i, j) sits at input coordinate (i * H / h, j * W / w): grids are aligned at the origin.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ._fft import check_map, fft_dtype, fft_precision, output_like
+from .frequency_dropout import FrequencyDropout
+
+__all__ = ["SpectralPool2d", "spectral_pool2d", "spectral_resize2d"]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _mirror_rows(spectrum: torch.Tensor) -> torch.Tensor:
+    """Row k -> row (-k) mod H along dim -2 (frequency negation on the full FFT axis)."""
+    return torch.roll(spectrum.flip(-2), shifts=1, dims=-2)
+
+
+def _resize_full_axis(spectrum: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    """Resize the full (two-sided) frequency axis dim -2 from n_in to n_out bins."""
+    if n_out == n_in:
+        return spectrum
+    if n_out < n_in:
+        pos, neg = (n_out + 1) // 2, (n_out - 1) // 2  # k = 0..pos-1 and k = -neg..-1
+        parts = [spectrum[..., :pos, :]]
+        if n_out % 2 == 0:  # +n_out/2 and -n_out/2 alias onto one bin: sum them
+            parts.append(spectrum[..., pos : pos + 1, :] + spectrum[..., n_in - pos : n_in - pos + 1, :])
+        parts.append(spectrum[..., n_in - neg :, :])
+        return torch.cat(parts, dim=-2)
+    pos, neg = (n_in + 1) // 2, (n_in - 1) // 2
+    zeros_shape = list(spectrum.shape)
+    parts = [spectrum[..., :pos, :]]
+    if n_in % 2 == 0:  # the input Nyquist bin stands for +n_in/2 and -n_in/2: split it in halves
+        half = 0.5 * spectrum[..., pos : pos + 1, :]
+        zeros_shape[-2] = n_out - n_in - 1
+        parts += [half, spectrum.new_zeros(zeros_shape), half]
+    else:
+        zeros_shape[-2] = n_out - n_in
+        parts.append(spectrum.new_zeros(zeros_shape))
+    parts.append(spectrum[..., n_in - neg :, :])
+    return torch.cat(parts, dim=-2)
+
+
+def _resize_half_axis(spectrum: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    """Resize the one-sided rfft axis dim -1 (n // 2 + 1 bins) from width n_in to n_out."""
+    if n_out == n_in:
+        return spectrum
+    if n_out < n_in:
+        kept = spectrum[..., : n_out // 2 + 1]
+        if n_out % 2 == 0:  # bin n_out/2 also receives -n_out/2 = conj of the mirrored row
+            edge = kept[..., -1:]
+            kept = torch.cat([kept[..., :-1], edge + _mirror_rows(edge).conj()], dim=-1)
+        return kept
+    parts = [spectrum]
+    if n_in % 2 == 0:
+        parts = [spectrum[..., :-1], 0.5 * spectrum[..., -1:]]
+    zeros_shape = list(spectrum.shape)
+    zeros_shape[-1] = n_out // 2 + 1 - spectrum.shape[-1]
+    parts.append(spectrum.new_zeros(zeros_shape))
+    return torch.cat(parts, dim=-1)
+
+
+def resize_spectrum(spectrum: torch.Tensor, size_in: tuple[int, int], size_out: tuple[int, int]) -> torch.Tensor:
+    """Resize an rfft2 spectrum (..., H, W // 2 + 1) of a real (H, W) map to (..., h, w // 2 + 1)."""
+    spectrum = _resize_full_axis(spectrum, size_in[0], size_out[0])
+    return _resize_half_axis(spectrum, size_in[1], size_out[1])
+
+
+def spectral_resize2d(
+    x: torch.Tensor,
+    size: int | Sequence[int],
+    frequency_dropout: FrequencyDropout | None = None,
+) -> torch.Tensor:
+    """Resample a real map to ``size`` by cropping or zero-padding its spectrum (module docstring).
+
+    Args:
+        x: real (N, C, H, W) tensor, float16/bfloat16/float32/float64, any memory format.
+        size: (h, w) or an int for both, each >= 1; smaller sizes low-pass filter, larger interpolate.
+        frequency_dropout: optional randomized-resolution mask applied to the resized spectrum.
+
+    Returns:
+        real (N, C, h, w) tensor in ``x``'s dtype (and channels_last layout when ``x`` has it).
+    """
+    check_map(x, "spectral_resize2d")
+    size_out = _pair(size, "size")
+    if min(size_out) < 1:
+        raise ValueError(f"output size must be >= 1 in both dimensions, got {size_out}")
+    size_in = (x.shape[-2], x.shape[-1])
+    with fft_precision(x):
+        spectrum = torch.fft.rfft2(x.to(fft_dtype(x)), norm="forward")
+        spectrum = resize_spectrum(spectrum, size_in, size_out)
+        if frequency_dropout is not None:
+            spectrum = frequency_dropout.apply_to_spectrum(spectrum, size_out)
+        y = torch.fft.irfft2(spectrum, s=size_out, norm="forward")
+    return output_like(y, x)
+
+
+def spectral_pool2d(
+    x: torch.Tensor,
+    output_size: int | Sequence[int],
+    frequency_dropout: FrequencyDropout | None = None,
+) -> torch.Tensor:
+    """Spectral pooling of a real (N, C, H, W) map to (N, C, h, w), 1 <= h <= H, 1 <= w <= W."""
+    check_map(x, "spectral_pool2d")
+    h, w = _pair(output_size, "output_size")
+    height, width = x.shape[-2:]
+    if min(h, w) < 1:
+        raise ValueError(f"spectral_pool2d output size must be >= 1 in both dimensions, got ({h}, {w})")
+    if h > height or w > width:
+        raise ValueError(
+            f"spectral_pool2d output size ({h}, {w}) is larger than the input: it must satisfy 1 <= h <= H and 1 <= w <= W "
+            f"for an input of spatial size ({height}, {width}); use spectral_resize2d to upsample"
+        )
+    return spectral_resize2d(x, (h, w), frequency_dropout)
+
+
+class SpectralPool2d(nn.Module):
+    """Spectral pooling (Rippel Alg. 1): keep the central h x w block of the spectrum.
+
+    Exactly one of ``output_size`` and ``scale_factor`` is given. ``scale_factor=gamma`` gives
+    ``(floor(gamma * H), floor(gamma * W))``, clamped below at 1, as in Rippel eq. 5. The Nyquist
+    convention and amplitude semantics are in this module's docstring: a constant map stays the same
+    constant, and ``output_size == (H, W)`` is the identity.
+
+    Args:
+        output_size: (h, w) or an int for a square output.
+        scale_factor: gamma in (0, 1].
+        frequency_dropout: a :class:`FrequencyDropout` (or its ``min_fraction`` as a float) applied to
+            the pooled spectrum while training, Rippel Sec. 3.2.
+
+    Shape:
+        (N, C, H, W) real -> (N, C, h, w) real, same dtype; the FFT runs in float32 under autocast.
+    """
+
+    def __init__(
+        self,
+        output_size: int | Sequence[int] | None = None,
+        scale_factor: float | None = None,
+        frequency_dropout: FrequencyDropout | float | None = None,
+    ) -> None:
+        super().__init__()
+        if (output_size is None) == (scale_factor is None):
+            raise ValueError(
+                "SpectralPool2d takes exactly one of output_size and scale_factor, "
+                f"got output_size={output_size!r}, scale_factor={scale_factor!r}"
+            )
+        self.output_size = _pair(output_size, "output_size") if output_size is not None else None
+        if self.output_size is not None and min(self.output_size) < 1:
+            raise ValueError(f"output_size must be >= 1, got {self.output_size}")
+        if scale_factor is not None and not 0.0 < float(scale_factor) <= 1.0:
+            raise ValueError(f"scale_factor must be in (0, 1] (pooling only shrinks), got {scale_factor}")
+        self.scale_factor = float(scale_factor) if scale_factor is not None else None
+        if isinstance(frequency_dropout, (int, float)) and not isinstance(frequency_dropout, bool):
+            frequency_dropout = FrequencyDropout(frequency_dropout)
+        self.frequency_dropout = frequency_dropout
+
+    def output_size_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The pooled (h, w) for an input of spatial ``size``."""
+        if self.output_size is not None:
+            return self.output_size
+        # the epsilon keeps e.g. 0.85 * 20 = 16.999999999999996 from flooring to 16
+        return tuple(max(1, math.floor(self.scale_factor * n + 1e-9)) for n in size)  # type: ignore[return-value]
+
+    def extra_repr(self) -> str:
+        if self.output_size is not None:
+            return f"output_size={self.output_size}"
+        return f"scale_factor={self.scale_factor}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_map(x, type(self).__name__)
+        return spectral_pool2d(x, self.output_size_for((x.shape[-2], x.shape[-1])), self.frequency_dropout)

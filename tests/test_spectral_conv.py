@@ -1,0 +1,161 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import gradcheck
+
+from specnet_zoo.layers import SpectralBlock, SpectralConv2d, fast_fft_size
+from specnet_zoo.layers._fft import hermitian_repair
+
+from reference import reference_conv_same
+
+
+def _twin(conv: SpectralConv2d) -> nn.Conv2d:
+    ref = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding="same",
+                    dilation=conv.dilation, bias=conv.bias is not None)
+    ref.load_state_dict(conv.state_dict())
+    return ref
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7, 9, 11])
+@pytest.mark.parametrize("size", [(16, 16), (15, 13), (12, 17)])
+def test_one_conv_equals_conv2d_same_float32(k, size):
+    conv = SpectralConv2d(4, 6, k)
+    x = torch.randn(3, 4, *size)
+    torch.testing.assert_close(conv(x), _twin(conv)(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size,dilation", [(2, 1), (4, 1), ((3, 5), 1), ((2, 3), 1), (3, 2), ((3, 2), (2, 3))])
+def test_even_nonsquare_and_dilated_kernels(kernel_size, dilation):
+    conv = SpectralConv2d(3, 5, kernel_size, dilation=dilation, bias=False).double()
+    x = torch.randn(2, 3, 11, 14, dtype=torch.float64)
+    expected = _twin(conv).double()(x)
+    torch.testing.assert_close(conv(x), expected, rtol=0, atol=1e-11)
+
+
+def test_matches_explicit_sum_reference_float64():
+    conv = SpectralConv2d(3, 4, 5).double()
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), reference_conv_same(x, conv.weight, conv.bias), rtol=0, atol=1e-11)
+
+
+@pytest.mark.shared_data
+def test_real_photos_equal_conv2d(photos):
+    rgb = [p for p in photos if p.shape[0] == 3]
+    x = torch.stack([p[:, :65, :64] for p in rgb[:4]]).float()
+    conv = SpectralConv2d(3, 8, 7)
+    torch.testing.assert_close(conv(x), _twin(conv)(x), rtol=0, atol=1e-4)
+    block = SpectralBlock(3, [8], kernel_size=11, activation=None)
+    torch.testing.assert_close(block(x), _twin(block.convs[0])(x), rtol=0, atol=1e-4)
+
+
+def test_block_is_linear_chain_of_full_convolutions():
+    """Threshold 0, no activation: the block is a linear (not circular) convolution chain, cropped once."""
+    block = SpectralBlock(2, [3, 4], kernel_size=3, activation=None).double()
+    c1, c2 = block.convs
+    x = torch.randn(2, 2, 8, 7, dtype=torch.float64)
+    full1 = F.conv2d(x, c1.weight, padding=2)  # full correlation, no bias
+    full2 = F.conv2d(full1, c2.weight, padding=2)
+    # Biases are constants on the whole plane: b1 passes through conv 2 as b1 * sum(w2).
+    bias = c2.weight.sum((-2, -1)) @ c1.bias + c2.bias
+    expected = full2[..., 2 : 2 + 8, 2 : 2 + 7] + bias[None, :, None, None]
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-11)
+
+
+def test_threshold_zeroes_small_entries_and_keeps_hermitian_symmetry():
+    conv = SpectralConv2d(3, 4, 3, threshold=0.5, activation="split_tanh").double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    size = (14, 14)
+    spectrum = torch.fft.rfft2(x, s=size, norm="ortho")
+    out = conv.spectral_forward(spectrum, size)
+    linear = SpectralConv2d(3, 4, 3).double()
+    linear.load_state_dict(conv.state_dict())
+    pre = linear.spectral_forward(spectrum, size)
+    zeroed = pre.abs() < 0.5
+    assert 0.05 < zeroed.double().mean() < 0.95
+    assert (out[zeroed] == 0).all()
+    torch.testing.assert_close(out[~zeroed], torch.complex(torch.tanh(pre.real), torch.tanh(pre.imag))[~zeroed])
+    # Hermitian: the self-conjugate columns need no repair, so the inverse is a real map.
+    torch.testing.assert_close(hermitian_repair(out, size[1]), out, rtol=0, atol=1e-12)
+
+
+def test_huge_threshold_gives_zero_and_threshold_changes_output():
+    x = torch.randn(2, 3, 10, 10)
+    conv = SpectralConv2d(3, 4, 3, threshold=1e6)
+    assert conv(x).abs().max() == 0
+    a = SpectralConv2d(3, 4, 3, threshold=0.0)
+    b = SpectralConv2d(3, 4, 3, threshold=0.3)
+    b.load_state_dict(a.state_dict())
+    assert not torch.allclose(a(x), b(x))
+
+
+@pytest.mark.parametrize("threshold,activation", [(0.0, None), (0.4, "split_tanh")])
+def test_gradcheck_block(threshold, activation):
+    block = SpectralBlock(2, [3, 2], kernel_size=3, threshold=threshold, activation=activation).double()
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(block, (x,))
+    params = [p for p in block.parameters()]
+    assert gradcheck(lambda w1, b1: torch.func.functional_call(block, {"convs.0.weight": w1, "convs.0.bias": b1}, (x,)),
+                     (params[0].detach().requires_grad_(), params[1].detach().requires_grad_()))
+
+
+def test_state_dict_moves_between_twins():
+    spatial = nn.Conv2d(5, 7, 3, padding=1)
+    spectral = SpectralConv2d(5, 7, 3)
+    spectral.load_state_dict(spatial.state_dict())
+    spatial.load_state_dict(spectral.state_dict())
+    assert spectral.weight.shape == spatial.weight.shape and spectral.bias.shape == spatial.bias.shape
+    # Same init distribution as nn.Conv2d (kaiming uniform a=sqrt(5): bound 1/sqrt(fan_in)).
+    bound = 1 / (5 * 9) ** 0.5
+    big = SpectralConv2d(5, 64, 3)
+    assert big.weight.abs().max() <= bound and big.weight.abs().max() > 0.9 * bound
+
+
+def test_channels_last_autocast_and_half():
+    conv = SpectralConv2d(4, 4, 5)
+    x = torch.randn(2, 4, 12, 12)
+    ref = conv(x)
+    y = conv(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    half = conv(x.to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref, rtol=0.05, atol=0.05)
+
+
+def test_fast_fft_size():
+    assert [fast_fft_size(n) for n in (1, 11, 13, 17, 37, 74, 97)] == [1, 12, 14, 18, 40, 75, 98]
+
+
+def test_errors_are_specific():
+    with pytest.raises(ValueError, match="stride 1"):
+        SpectralConv2d(3, 4, 3, stride=2)
+    with pytest.raises(ValueError, match="groups=1"):
+        SpectralConv2d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="'same'"):
+        SpectralConv2d(3, 4, 3, padding=0)
+    SpectralConv2d(3, 4, 3, padding=1)  # the integer equivalent of 'same' is accepted
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        SpectralConv2d(3, 4, 3, threshold=-0.1)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        SpectralBlock(3, [4], threshold=-1.0)
+    with pytest.raises(ValueError, match="unknown spectral activation"):
+        SpectralBlock(3, [4], activation="relu")
+    conv = SpectralConv2d(3, 4, 5)
+    with pytest.raises(ValueError, match="expects 3 input channels, got 2"):
+        conv(torch.randn(1, 2, 8, 8))
+    with pytest.raises(ValueError, match="4-D"):
+        conv(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="smaller than the 5x5 kernel"):
+        conv(torch.randn(1, 3, 4, 8))
+    assert SpectralConv2d(3, 4, 5, allow_small_input=True)(torch.randn(1, 3, 4, 8)).shape == (1, 4, 4, 8)
+    with pytest.raises(TypeError, match="real floating-point"):
+        conv(torch.randn(1, 3, 8, 8, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex"):
+        conv.spectral_forward(torch.randn(1, 3, 8, 5), (8, 8))
+    with pytest.raises(ValueError, match="at least one"):
+        SpectralBlock(3, [])
