@@ -66,7 +66,7 @@ def test_threshold_zeroes_small_entries_and_keeps_hermitian_symmetry():
     conv = SpectralConv2d(3, 4, 3, threshold=0.5, activation="split_tanh").double()
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     size = (14, 14)
-    spectrum = torch.fft.rfft2(x, s=size, norm="ortho")
+    spectrum = torch.fft.rfft2(x, s=size, norm="ortho").permute(2, 3, 0, 1)  # frequency-major
     out = conv.spectral_forward(spectrum, size)
     linear = SpectralConv2d(3, 4, 3).double()
     linear.load_state_dict(conv.state_dict())
@@ -76,7 +76,20 @@ def test_threshold_zeroes_small_entries_and_keeps_hermitian_symmetry():
     assert (out[zeroed] == 0).all()
     torch.testing.assert_close(out[~zeroed], torch.complex(torch.tanh(pre.real), torch.tanh(pre.imag))[~zeroed])
     # Hermitian: the self-conjugate columns need no repair, so the inverse is a real map.
-    torch.testing.assert_close(hermitian_repair(out, size[1]), out, rtol=0, atol=1e-12)
+    natural = out.permute(2, 3, 0, 1)
+    torch.testing.assert_close(hermitian_repair(natural, size[1]), natural, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [9, 10])
+def test_hermitian_repair_does_what_cpu_irfft_does(width):
+    """The repair applied before CUDA's c2r reproduces CPU's c2r on a non-Hermitian half spectrum."""
+    spectrum = torch.randn(2, 3, 7, width // 2 + 1, dtype=torch.complex128)  # arbitrary, not Hermitian
+    repaired = hermitian_repair(spectrum, width)
+    torch.testing.assert_close(torch.fft.irfft2(repaired, s=(7, width)), torch.fft.irfft2(spectrum, s=(7, width)))
+    torch.testing.assert_close(hermitian_repair(repaired, width), repaired)
+    # And it is Hermitian for real: the full complex inverse of the completed spectrum is real.
+    full = torch.fft.fft2(torch.fft.irfft2(repaired, s=(7, width)))
+    torch.testing.assert_close(full[..., : width // 2 + 1], repaired)
 
 
 def test_huge_threshold_gives_zero_and_threshold_changes_output():
@@ -155,7 +168,9 @@ def test_errors_are_specific():
     assert SpectralConv2d(3, 4, 5, allow_small_input=True)(torch.randn(1, 3, 4, 8)).shape == (1, 4, 4, 8)
     with pytest.raises(TypeError, match="real floating-point"):
         conv(torch.randn(1, 3, 8, 8, dtype=torch.complex64))
-    with pytest.raises(ValueError, match="complex"):
-        conv.spectral_forward(torch.randn(1, 3, 8, 5), (8, 8))
+    with pytest.raises(ValueError, match="frequency-major"):
+        conv.spectral_forward(torch.randn(8, 5, 1, 3), (8, 8))
+    with pytest.raises(ValueError, match=r"frequency-major \(8, 5, N, 3\)"):
+        conv.spectral_forward(torch.randn(1, 3, 8, 5, dtype=torch.complex64), (8, 8))
     with pytest.raises(ValueError, match="at least one"):
         SpectralBlock(3, [])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 
 from specnet_zoo.layers import FrequencyDropout, SpectralPool2d, spectral_pool2d, spectral_resize2d
 
@@ -13,22 +13,29 @@ SIZES = [((7, 7), (3, 3)), ((7, 7), (4, 4)), ((8, 8), (3, 3)), ((8, 8), (4, 4)),
          ((32, 32), (27, 27)), ((32, 24), (16, 11)), ((9, 6), (1, 1)), ((6, 9), (2, 5)), ((5, 8), (5, 8))]
 
 
-@pytest.mark.parametrize("size_in,size_out", SIZES)
-def test_matches_direct_dft_reference(size_in, size_out):
-    x = torch.randn(2, 3, *size_in, dtype=torch.float64)
-    torch.testing.assert_close(spectral_pool2d(x, size_out), reference_pool(x, size_out), rtol=0, atol=1e-12)
+METHODS = ["fft", "matmul"]
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("size_in,size_out", SIZES)
-def test_float32_matches_reference(size_in, size_out):
+def test_matches_direct_dft_reference(size_in, size_out, method):
     x = torch.randn(2, 3, *size_in, dtype=torch.float64)
-    y = spectral_pool2d(x.float(), size_out)
+    y = spectral_pool2d(x, size_out, method=method)
+    torch.testing.assert_close(y, reference_pool(x, size_out), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("size_in,size_out", SIZES)
+def test_float32_matches_reference(size_in, size_out, method):
+    x = torch.randn(2, 3, *size_in, dtype=torch.float64)
+    y = spectral_pool2d(x.float(), size_out, method=method)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), reference_pool(x, size_out), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("size_in,size_out", [((16, 16), (7, 7)), ((16, 12), (8, 6)), ((15, 10), (6, 4))])
-def test_band_limited_map_is_sampled_exactly(size_in, size_out):
+def test_band_limited_map_is_sampled_exactly(size_in, size_out, method):
     """Resampling semantics: a trigonometric polynomial inside the kept band is sampled on the output grid."""
     (height, width), (h, w) = size_in, size_out
     gen = torch.Generator().manual_seed(1)
@@ -48,7 +55,7 @@ def test_band_limited_map_is_sampled_exactly(size_in, size_out):
     gen.set_state(state)
     oy, ox = torch.meshgrid(torch.arange(h, dtype=torch.float64) * height / h, torch.arange(w, dtype=torch.float64) * width / w, indexing="ij")
     expected = signal(oy.double(), ox.double())
-    torch.testing.assert_close(spectral_pool2d(x[None, None], (h, w))[0, 0], expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(spectral_pool2d(x[None, None], (h, w), method=method)[0, 0], expected, rtol=0, atol=1e-10)
 
 
 def test_constant_map_stays_constant_and_identity():
@@ -66,14 +73,26 @@ def test_linear():
     torch.testing.assert_close(lhs, 2.0 * spectral_pool2d(a, (6, 5)) - 3.0 * spectral_pool2d(b, (6, 5)))
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("size_in,size_out", [((7, 7), (4, 4)), ((8, 8), (4, 3)), ((8, 6), (5, 4)), ((6, 7), (6, 7))])
-def test_gradcheck_and_adjoint(size_in, size_out):
+def test_gradcheck_and_adjoint(size_in, size_out, method):
     x = torch.randn(2, 2, *size_in, dtype=torch.float64, requires_grad=True)
-    assert gradcheck(lambda t: spectral_pool2d(t, size_out), (x,))
+    assert gradcheck(lambda t: spectral_pool2d(t, size_out, method=method), (x,))
+    assert gradgradcheck(lambda t: spectral_pool2d(t, size_out, method=method), (x,))
+    assert gradcheck(lambda t: spectral_resize2d(t, (size_in[0] + 3, size_in[1] + 2), method=method), (x,))
     # Dot-product test: <P x, y> == <x, P^T y> with P^T from autograd.
     y = torch.randn(2, 2, *size_out, dtype=torch.float64)
-    (adjoint,) = torch.autograd.grad(spectral_pool2d(x, size_out), x, y)
-    torch.testing.assert_close((spectral_pool2d(x, size_out) * y).sum(), (x * adjoint).sum())
+    (adjoint,) = torch.autograd.grad(spectral_pool2d(x, size_out, method=method), x, y)
+    torch.testing.assert_close((spectral_pool2d(x, size_out, method=method) * y).sum(), (x * adjoint).sum())
+
+
+def test_fft_and_matmul_paths_agree_and_auto_switches():
+    x = torch.randn(2, 3, 40, 33)
+    torch.testing.assert_close(spectral_pool2d(x, (17, 20), method="fft"), spectral_pool2d(x, (17, 20), method="matmul"))
+    with pytest.raises(ValueError, match="method must be one of"):
+        spectral_pool2d(x, 4, method="dft")
+    with pytest.raises(ValueError, match="FFT path"):
+        spectral_pool2d(x, 4, FrequencyDropout(0.5).train(), method="matmul")
 
 
 def test_down_then_up_is_a_projection_and_up_then_down_is_identity():
@@ -111,20 +130,22 @@ def test_module_sizes_and_scale_factor():
     assert SpectralPool2d(scale_factor=0.01)(x).shape == (2, 3, 1, 1)
 
 
-def test_channels_last_and_dtypes():
+@pytest.mark.parametrize("method", METHODS)
+def test_channels_last_and_dtypes(method):
     x = torch.randn(2, 8, 12, 12)
     ref = spectral_pool2d(x, (6, 5))
-    y = spectral_pool2d(x.contiguous(memory_format=torch.channels_last), (6, 5))
+    y = spectral_pool2d(x.contiguous(memory_format=torch.channels_last), (6, 5), method=method)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref)
     for dtype in (torch.float16, torch.bfloat16):
-        out = spectral_pool2d(x.to(dtype), (6, 5))
+        out = spectral_pool2d(x.to(dtype), (6, 5), method=method)
         assert out.dtype == dtype
         torch.testing.assert_close(out.float(), ref, rtol=0.02, atol=0.02)
 
 
-def test_autocast_runs_fft_in_float32():
-    pool = SpectralPool2d(output_size=(5, 6))
+@pytest.mark.parametrize("method", METHODS)
+def test_autocast_runs_fft_in_float32(method):
+    pool = SpectralPool2d(output_size=(5, 6), method=method)
     x = torch.randn(2, 4, 11, 12)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv_out = torch.nn.functional.conv2d(x, torch.randn(4, 4, 1, 1))  # bf16 under autocast
@@ -147,6 +168,17 @@ def test_frequency_dropout_inside_pooling():
         pooled = torch.fft.rfft2(spectral_pool2d(x, 8).double())
         kept = spectrum.abs() > 1e-4
         torch.testing.assert_close(spectrum[kept], pooled[kept], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_gradcheck_with_frequency_dropout(per_sample):
+    x = torch.randn(3, 2, 10, 9, dtype=torch.float64, requires_grad=True)
+
+    def pool(t):  # a fresh seeded layer per call so every evaluation draws the same resolutions
+        return spectral_pool2d(t, (8, 6), FrequencyDropout(0.2, per_sample=per_sample, seed=4).train())
+
+    assert not torch.allclose(pool(x), spectral_pool2d(x, (8, 6)))
+    assert gradcheck(pool, (x,))
 
 
 def test_errors_are_specific():

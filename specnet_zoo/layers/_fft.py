@@ -42,8 +42,8 @@ def output_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Cast ``y`` to ``x``'s dtype and keep ``x``'s channels_last layout when it had one."""
     y = y.to(x.dtype)
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        y = y.contiguous(memory_format=torch.channels_last)
-    return y
+        return y.contiguous(memory_format=torch.channels_last)
+    return y.contiguous()  # a crop of a larger FFT buffer must not keep that buffer alive
 
 
 def hermitian_repair(spec: torch.Tensor, width: int) -> torch.Tensor:
@@ -64,3 +64,44 @@ def hermitian_repair(spec: torch.Tensor, width: int) -> torch.Tensor:
     if len(cols) == 1:
         return torch.cat([fixed, spec[..., 1:]], dim=-1)
     return torch.cat([fixed[..., :1], spec[..., 1:-1], fixed[..., 1:]], dim=-1)
+
+
+_ADJOINT_NORM = {"backward": "forward", "ortho": "ortho", "forward": "backward"}
+
+
+class _PaddedRfft2(torch.autograd.Function):
+    """``rfft2(x, s=fft_size, norm=norm)`` with a c2r backward.
+
+    For a real loss, the gradient of x is ``Re(sum over the stored half of g[k] e^{+i theta})``,
+    i.e. ``irfft2`` (adjoint norm) of g with the interior columns halved (``irfft2`` counts them
+    twice), cropped to x's size (the adjoint of zero padding). PyTorch's generic backward instead
+    zero-fills a two-sided buffer and runs a complex c2c transform: 2-3x slower here.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fft_size: tuple[int, int], norm: str) -> torch.Tensor:
+        ctx.size, ctx.fft_size, ctx.norm = tuple(x.shape[-2:]), fft_size, norm
+        return torch.fft.rfft2(x, s=fft_size, norm=norm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        width = ctx.fft_size[1]
+        weights = torch.full((width // 2 + 1,), 0.5, dtype=grad.real.dtype, device=grad.device)
+        weights[0] = 1.0
+        if width % 2 == 0:
+            weights[-1] = 1.0
+        grad = grad * weights
+        if grad.device.type != "cpu":
+            grad = hermitian_repair(grad, width)
+        grad_x = torch.fft.irfft2(grad, s=ctx.fft_size, norm=_ADJOINT_NORM[ctx.norm])
+        return grad_x[..., : ctx.size[0], : ctx.size[1]], None, None
+
+
+def padded_rfft2(x: torch.Tensor, fft_size: tuple[int, int], norm: str = "backward") -> torch.Tensor:
+    """``torch.fft.rfft2(x, s=fft_size, norm=norm)`` (zero padding only) with a faster exact backward.
+
+    Shape: real (..., H, W) -> complex (..., P, Q // 2 + 1) with P >= H, Q >= W.
+    """
+    if fft_size[0] < x.shape[-2] or fft_size[1] < x.shape[-1]:
+        raise ValueError(f"padded_rfft2 pads only: fft_size {fft_size} is smaller than the map {tuple(x.shape[-2:])}")
+    return _PaddedRfft2.apply(x, tuple(fft_size), norm)
