@@ -159,7 +159,7 @@ def write_plot(result: InfoPreservationResult, path: Path, n_images: int) -> Non
     ax.set_xscale("log")
     ax.set_xlabel("fraction of values kept")
     ax.set_ylabel("mean relative L2 reconstruction error")
-    ax.set_title(f"Information preservation (Rippel et al. 2015, Fig. 4a), {n_images} photos")
+    ax.set_title(f"Information preservation, Rippel et al. 2015 Fig. 4a ({n_images} photos)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
