@@ -91,8 +91,15 @@ def test_fft_and_matmul_paths_agree_and_auto_switches():
     torch.testing.assert_close(spectral_pool2d(x, (17, 20), method="fft"), spectral_pool2d(x, (17, 20), method="matmul"))
     with pytest.raises(ValueError, match="method must be one of"):
         spectral_pool2d(x, 4, method="dft")
-    with pytest.raises(ValueError, match="FFT path"):
-        spectral_pool2d(x, 4, FrequencyDropout(0.5).train(), method="matmul")
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_frequency_dropout_same_on_both_paths(per_sample):
+    x = torch.randn(6, 3, 20, 17, dtype=torch.float64)
+    for size in [(20, 17), (11, 8)]:
+        outs = [spectral_resize2d(x, size, FrequencyDropout(0.2, per_sample=per_sample, seed=9).train(), method=m)
+                for m in METHODS]
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-12)
+        assert not torch.allclose(outs[0], spectral_resize2d(x, size))
 
 
 def test_down_then_up_is_a_projection_and_up_then_down_is_identity():
@@ -170,12 +177,14 @@ def test_frequency_dropout_inside_pooling():
         torch.testing.assert_close(spectrum[kept], pooled[kept], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_gradcheck_with_frequency_dropout(per_sample):
+def test_gradcheck_with_frequency_dropout(per_sample, method):
     x = torch.randn(3, 2, 10, 9, dtype=torch.float64, requires_grad=True)
 
     def pool(t):  # a fresh seeded layer per call so every evaluation draws the same resolutions
-        return spectral_pool2d(t, (8, 6), FrequencyDropout(0.2, per_sample=per_sample, seed=4).train())
+        dropout = FrequencyDropout(0.2, per_sample=per_sample, seed=4).train()
+        return spectral_pool2d(t, (8, 6), dropout, method=method)
 
     assert not torch.allclose(pool(x), spectral_pool2d(x, (8, 6)))
     assert gradcheck(pool, (x,))

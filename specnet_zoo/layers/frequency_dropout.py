@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from ._fft import check_map, fft_dtype, fft_precision, output_like
+from ._fft import check_map
 
 __all__ = ["FrequencyDropout", "frequency_dropout_schedule"]
 
@@ -31,8 +31,9 @@ class FrequencyDropout(nn.Module):
     than the schedule allows. The kept band is symmetric in k, so real maps stay real. In eval mode
     the layer is the identity.
 
-    Use it standalone on a spatial map (one rfft2/irfft2 round trip) or pass it to
-    :class:`SpectralPool2d`, which applies the mask to the pooled spectrum at no extra FFT cost.
+    Use it standalone on a spatial map or pass it to :class:`SpectralPool2d`, which applies the band
+    limit to the pooled spectrum at no extra cost. Both run through ``spectral_resize2d``: a band-limited
+    separable matmul for maps up to 256 pixels, a masked rfft2/irfft2 round trip above.
 
     Args:
         min_fraction: c in (0, 1], the smallest kept resolution as a fraction of the map size.
@@ -67,29 +68,29 @@ class FrequencyDropout(nn.Module):
         r_w = torch.round(r_h.double() * width / height).long().clamp(low_w, width)
         return r_h, r_w
 
-    def spectrum_mask(self, size: tuple[int, int], batch: int, device: torch.device) -> torch.Tensor:
-        """A {0, 1} mask of shape (B, 1, H, W // 2 + 1) in rfft2 layout, B = batch or 1."""
+    def spectrum_mask(
+        self,
+        size: tuple[int, int],
+        batch: int,
+        device: torch.device,
+        resolution: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """A {0, 1} mask of shape (B, 1, H, W // 2 + 1) in rfft2 layout, B = batch or 1.
+
+        ``resolution`` is a (R_h, R_w) pair from :meth:`sample_resolution`; drawn here when omitted.
+        """
         height, width = size
-        r_h, r_w = self.sample_resolution(size, batch)
+        r_h, r_w = resolution if resolution is not None else self.sample_resolution(size, batch)
         r_h, r_w = (r_h // 2).to(device), (r_w // 2).to(device)
         k_y = torch.fft.fftfreq(height, 1.0 / height, device=device).abs()  # |k_y| in FFT order
         k_x = torch.arange(width // 2 + 1, device=device)
         keep = (k_y[None, :, None] <= r_h[:, None, None]) & (k_x[None, None, :] <= r_w[:, None, None])
         return keep[:, None]
 
-    def apply_to_spectrum(self, spectrum: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Mask a complex (N, C, H, W // 2 + 1) spectrum of a real (H, W) map; identity in eval."""
-        if not self.training:
-            return spectrum
-        mask = self.spectrum_mask(size, spectrum.shape[0], spectrum.device)
-        return spectrum * mask
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .spectral_pool import spectral_resize2d  # the resize module imports this one
+
         check_map(x, type(self).__name__)
         if not self.training:
             return x
-        size = (x.shape[-2], x.shape[-1])
-        with fft_precision(x):
-            spectrum = torch.fft.rfft2(x.to(fft_dtype(x)), norm="forward")
-            y = torch.fft.irfft2(self.apply_to_spectrum(spectrum, size), s=size, norm="forward")
-        return output_like(y, x)
+        return spectral_resize2d(x, (x.shape[-2], x.shape[-1]), frequency_dropout=self)

@@ -16,7 +16,7 @@ Convention (documented once, used everywhere in specnet-zoo):
 The op is separable, ``y = A_h x A_w^T`` with real 1-D resize matrices A (built once per size pair by
 the FFT path on an identity). For CNN-sized maps (<= 256) two small matmuls are several times faster
 than four FFTs (forward and backward) and autograd's matmul backward is the exact adjoint; large maps
-and frequency dropout use the FFT path.
+use the FFT path. Frequency dropout's kept square is separable too (a band limit per axis).
 """
 from __future__ import annotations
 
@@ -142,16 +142,34 @@ class _SpectralResize(torch.autograd.Function):
         return torch.fft.irfft2(spectrum, s=ctx.size_in, norm="forward") * scale, None, None
 
 
-@functools.lru_cache(maxsize=512)
-def _resize_matrix_cached(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+@functools.lru_cache(maxsize=1024)
+def _resize_matrix_cached(
+    n_in: int, n_out: int, band: int | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     identity = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1)
-    columns = _SpectralResize.apply(identity, (n_out, 1), None)  # column m = resize of the m-th unit map
+    mask = None
+    if band is not None:  # keep |k| <= band on the output axis (frequency dropout)
+        mask = (torch.fft.fftfreq(n_out, 1.0 / n_out).abs() <= band).reshape(1, 1, n_out, 1)
+    columns = _SpectralResize.apply(identity, (n_out, 1), mask)  # column m = resize of the m-th unit map
     return columns.reshape(n_in, n_out).T.contiguous().to(dtype=dtype, device=device)
 
 
-def resize_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """The real (n_out, n_in) matrix of 1-D spectral resizing under this module's convention."""
-    return _resize_matrix_cached(n_in, n_out, dtype, torch.device(device or "cpu"))
+def resize_matrix(
+    n_in: int, n_out: int, dtype: torch.dtype = torch.float64, device=None, band: int | None = None
+) -> torch.Tensor:
+    """The real (n_out, n_in) matrix of 1-D spectral resizing under this module's convention.
+
+    ``band`` additionally zeroes every output frequency with ``|k| > band`` (frequency dropout).
+    """
+    if band is not None and band >= n_out // 2:
+        band = None  # nothing to drop
+    return _resize_matrix_cached(n_in, n_out, band, dtype, torch.device(device or "cpu"))
+
+
+def _dropout_matrices(n_in: int, n_out: int, resolution: torch.Tensor, dtype, device) -> torch.Tensor:
+    """(B, 1, n_out, n_in) band-limited resize matrices for drawn resolutions R (band R // 2)."""
+    mats = [resize_matrix(n_in, n_out, dtype, device, band=r // 2) for r in resolution.tolist()]
+    return torch.stack(mats)[:, None]
 
 
 def spectral_resize2d(
@@ -167,7 +185,7 @@ def spectral_resize2d(
         size: (h, w) or an int for both, each >= 1; smaller sizes low-pass filter, larger interpolate.
         frequency_dropout: optional randomized-resolution mask applied to the resized spectrum.
         method: "fft", "matmul" (separable resize matrices) or "auto" (matmul when both input sizes
-            are <= MATMUL_MAX_SIZE and no frequency dropout is active). Both compute the same map.
+            are <= MATMUL_MAX_SIZE). Both compute the same map, frequency dropout included.
 
     Returns:
         real (N, C, h, w) tensor in ``x``'s dtype (and channels_last layout when ``x`` has it).
@@ -178,22 +196,25 @@ def spectral_resize2d(
         raise ValueError(f"output size must be >= 1 in both dimensions, got {size_out}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    mask = None
+    resolution = None
     if frequency_dropout is not None and frequency_dropout.training:
-        mask = frequency_dropout.spectrum_mask(size_out, x.shape[0], x.device)
+        resolution = frequency_dropout.sample_resolution(size_out, x.shape[0])
     height, width = x.shape[-2:]
-    use_matmul = method == "matmul" or (
-        method == "auto" and max(height, width) <= MATMUL_MAX_SIZE and mask is None
-    )
-    if use_matmul and mask is not None:
-        raise ValueError("frequency dropout needs the FFT path; use method='auto' or 'fft'")
+    use_matmul = method == "matmul" or (method == "auto" and max(height, width) <= MATMUL_MAX_SIZE)
     with fft_precision(x):
         data = x.to(fft_dtype(x))
         if use_matmul:
-            rows = resize_matrix(height, size_out[0], data.dtype, data.device)
-            cols = resize_matrix(width, size_out[1], data.dtype, data.device)
-            y = rows @ (data @ cols.T)
+            if resolution is None:
+                rows = resize_matrix(height, size_out[0], data.dtype, data.device)
+                cols = resize_matrix(width, size_out[1], data.dtype, data.device)
+            else:  # the kept square is separable: band-limit each axis
+                rows = _dropout_matrices(height, size_out[0], resolution[0], data.dtype, data.device)
+                cols = _dropout_matrices(width, size_out[1], resolution[1], data.dtype, data.device)
+            y = rows @ (data @ cols.transpose(-1, -2))
         else:
+            mask = None
+            if resolution is not None:
+                mask = frequency_dropout.spectrum_mask(size_out, x.shape[0], x.device, resolution)
             y = _SpectralResize.apply(data, size_out, mask)
     return output_like(y, x)
 
