@@ -1,5 +1,6 @@
 """The ``specnet-zoo`` command.
 
+    specnet-zoo models [--markdown]
     specnet-zoo reproduce info-preservation [--photos DIR] [--out DIR]
     specnet-zoo --version
 """
@@ -19,10 +20,20 @@ def _reproduce_info_preservation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from ._factory import model_table
+
+    print(model_table(markdown=args.markdown))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specnet-zoo", description="Spectral-domain CNNs: layers, models, recipes.")
     parser.add_argument("--version", action="version", version=f"specnet-zoo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    models = commands.add_parser("models", help="list the registered architectures")
+    models.add_argument("--markdown", action="store_true", help="print a Markdown table (as in README.md)")
+    models.set_defaults(handler=_models)
     reproduce = commands.add_parser("reproduce", help="reproduce a figure of the papers")
     experiments = reproduce.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     info = experiments.add_parser("info-preservation", help="Rippel et al. 2015 Fig. 4(a): spectral vs max pooling")

@@ -1,0 +1,70 @@
+"""``create_model`` / ``list_models`` / ``list_pretrained``: timm's, with specnet-zoo's models registered."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+
+import timm
+from torch import nn
+
+from .models import specnet_model_names
+
+__all__ = ["create_model", "list_models", "list_pretrained", "model_table"]
+
+
+def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``timm.create_model`` for any timm or specnet-zoo name; unknown names list close matches."""
+    name = model_name.split(":", 1)[-1].split(".", 1)[0]
+    if ":" not in model_name and not timm.is_model(name):
+        close = difflib.get_close_matches(name, specnet_model_names() + timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise RuntimeError(f"Unknown model ({model_name}){hint} specnet_zoo.list_models() lists specnet-zoo's models")
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+
+
+def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
+    """specnet-zoo's architecture names (fnmatch ``filter``), or only those with weights."""
+    names = [n for n in specnet_model_names() if not filter or fnmatch.fnmatch(n, filter)]
+    if pretrained:
+        with_weights = {n.split(".")[0] for n in timm.list_pretrained()}
+        names = [n for n in names if n in with_weights]
+    return sorted(names)
+
+
+def list_pretrained(filter: str = "") -> list[str]:
+    """``name.tag`` of every specnet-zoo weight set that can be downloaded."""
+    ours = set(specnet_model_names())
+    return [n for n in timm.list_pretrained(filter or "") if n.split(".")[0] in ours]
+
+
+def model_rows() -> list[dict]:
+    """One row per architecture: name, parameters, default input size, cfg tags, tags with weights."""
+    from timm.models import get_pretrained_cfg
+
+    rows = []
+    downloadable = set(list_pretrained())
+    for name in specnet_model_names():
+        model = timm.create_model(name)
+        cfg = get_pretrained_cfg(name)
+        tags = sorted({t.split(".", 1)[1] for t in timm.list_models(name, include_tags=True) if "." in t})
+        rows.append(dict(
+            name=name,
+            params=sum(p.numel() for p in model.parameters()),
+            input_size="x".join(str(s) for s in cfg.input_size),
+            tags=", ".join(tags) or "-",
+            weights=", ".join(t for t in tags if f"{name}.{t}" in downloadable) or "none yet",
+        ))
+    return rows
+
+
+def model_table(markdown: bool = True) -> str:
+    """The model table of ``specnet-zoo models`` and README.md (generated, never typed by hand)."""
+    rows = model_rows()
+    header = ["model", "parameters", "input (C x H x W)", "cfg tags", "pretrained weights"]
+    cells = [[r["name"], f"{r['params']:,}", r["input_size"], r["tags"], r["weights"]] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:{'>' if i == 1 else '<'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells])

@@ -1,0 +1,17 @@
+"""specnet-zoo architectures, registered in timm's registry on import (one module per family).
+
+Import order is the order of ``specnet_model_names()`` and of the README model table.
+"""
+from . import lenet  # noqa: I001
+from . import alexnet
+from . import vgg_cifar
+from . import densenet_cifar
+from . import rippel
+from ._base import StagedClassifier, specnet_model_names
+from .alexnet import AlexNetCifar
+from .densenet_cifar import DenseNetCifar
+from .lenet import LeNet
+from .rippel import RippelNet
+from .vgg_cifar import VggCifar
+
+__all__ = ["AlexNetCifar", "DenseNetCifar", "LeNet", "RippelNet", "StagedClassifier", "VggCifar", "specnet_model_names"]

@@ -1,0 +1,67 @@
+"""AlexNet for CIFAR and SpecAlexNet (SpecNet, Guan et al. 2019, appendix Table 4), 32x32 input.
+
+SpecNet's Table 4 is not reproduced offline here; this follows the usual 5-convolution CIFAR AlexNet:
+conv5x5-64, pool, conv5x5-192, pool, conv3x3-384, conv3x3-256, conv3x3-256, pool, then FC 384 ->
+FC 192 -> classes (the cuda-convnet CIFAR head). In SpecAlexNet each pooling stage is one SpecNet
+block (the three 3x3 convolutions stay spectral together). Twins have identical parameters.
+"""
+from __future__ import annotations
+
+from timm.models import generate_default_cfgs
+from torch import nn
+
+from ._base import check_spectral_kwargs, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
+
+__all__ = ["AlexNetCifar"]
+
+_STAGES = (((64,), 5), ((192,), 5), ((384, 256, 256), 3))
+
+
+class AlexNetCifar(StagedClassifier):
+    """CIFAR AlexNet; ``spectral=True`` gives SpecAlexNet.
+
+    Args:
+        num_classes, in_chans: classifier outputs (0: features only) and input channels.
+        spectral: SpecNet blocks instead of Conv2d + ReLU.
+        threshold, activation: SpecNet beta and spectral activation (spectral only).
+        drop_rate: dropout after each hidden fully connected layer.
+
+    Shape: (N, 3, H, W) -> (N, num_classes); stages reduce by 2, 4, 8 (64/192/256 channels).
+    """
+
+    def __init__(self, num_classes=10, in_chans=3, spectral=False, threshold=0.0, activation="split_tanh", drop_rate=0.0):
+        super().__init__()
+        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation)
+        stages, chans = [], in_chans
+        for widths, kernel in _STAGES:
+            pool, halve = nn.MaxPool2d(2), (lambda n: n // 2)
+            if spectral:
+                stages.append(SpectralStage(chans, widths, kernel, threshold, activation, pool=pool, pool_out=halve))
+            else:
+                stages.append(ConvStage(chans, widths, kernel, pool=pool, pool_out=halve))
+            chans = widths[-1]
+        self.stages = nn.Sequential(*stages)
+        head = ClassifierHead(chans, num_classes, pool_size=4, hidden=(384, 192), drop_rate=drop_rate)
+        self._finish(head, reductions=(2, 4, 8), in_chans=in_chans, num_classes=num_classes)
+
+
+def _create_alexnet(variant, pretrained=False, **kwargs):
+    return build(AlexNetCifar, variant, pretrained, num_stages=len(_STAGES), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "alexnet_cifar.cifar10": cfg(),
+    "specalexnet.cifar10": cfg(),
+})
+
+
+@register_model
+def alexnet_cifar(pretrained=False, **kwargs) -> AlexNetCifar:
+    """CIFAR AlexNet (5 convs, FC 384/192), the spatial twin of SpecAlexNet."""
+    return _create_alexnet("alexnet_cifar", pretrained, **kwargs)
+
+
+@register_model
+def specalexnet(pretrained=False, **kwargs) -> AlexNetCifar:
+    """SpecAlexNet: CIFAR AlexNet with one SpecNet block per pooling stage (SpecNet Table 4)."""
+    return _create_alexnet("specalexnet", pretrained, spectral=True, **kwargs)

@@ -1,0 +1,123 @@
+"""DenseNet-40 for CIFAR and SpecDenseNet (SpecNet, Guan et al. 2019, Table 1), 32x32 input.
+
+DenseNet-40 (Huang et al. 2017): a 3x3 stem with 16 channels, three dense blocks of 12 layers with
+growth rate 12, transitions (BN, ReLU, 1x1 conv keeping the channels, 2x2 average pooling), then
+BN, ReLU, global average pooling and a linear classifier. SpecNet's Table 1 is not reproduced offline
+here; this is the standard DenseNet-40 its experiments name.
+
+In SpecDenseNet every 3x3 convolution (stem and dense layers) is a one-convolution SpecNet block:
+FFT, product, threshold, split tanh, IFFT; a dense layer is BN -> spectral conv (the spectral
+activation replaces the spatial twin's ReLU). 1x1 transition convolutions mix channels only, which
+is the same in both domains, so they stay spatial. Both twins have identical parameters.
+"""
+from __future__ import annotations
+
+import torch
+from timm.models import generate_default_cfgs
+from torch import nn
+
+from ..layers import SpectralConv2d
+from ._base import check_spectral_kwargs, ClassifierHead, StagedClassifier, build, cfg, register_model
+
+__all__ = ["DenseNetCifar"]
+
+
+def _conv3x3(in_chs, out_chs, spectral, threshold, activation, bias=False) -> nn.Module:
+    if spectral:
+        return SpectralConv2d(in_chs, out_chs, 3, bias=bias, threshold=threshold, activation=activation)
+    return nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=bias)
+
+
+class DenseLayer(nn.Module):
+    """Spatial: BN -> ReLU -> conv3x3; spectral: BN -> SpecNet conv3x3. Returns cat([x, new], dim=1)."""
+
+    def __init__(self, in_chs, growth, spectral, threshold, activation):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_chs)
+        self.act = nn.Identity() if spectral else nn.ReLU(inplace=True)
+        self.conv = _conv3x3(in_chs, growth, spectral, threshold, activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(self.act(self.norm(x)))], dim=1)
+
+
+class Transition(nn.Sequential):
+    """BN -> ReLU -> 1x1 conv -> 2x2 average pooling."""
+
+    def __init__(self, in_chs, out_chs):
+        super().__init__(nn.BatchNorm2d(in_chs), nn.ReLU(inplace=True), nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.AvgPool2d(2))
+
+
+class DenseStage(nn.Module):
+    """(stem) -> dense block -> transition or final BN + ReLU; ``out_chs`` channels out."""
+
+    def __init__(self, in_chs, num_layers, growth, spectral, threshold, activation, stem_chs=0, last=False):
+        super().__init__()
+        self.stem = _conv3x3(in_chs, stem_chs, spectral, threshold, activation) if stem_chs else nn.Identity()
+        chans = stem_chs or in_chs
+        layers = []
+        for _ in range(num_layers):
+            layers.append(DenseLayer(chans, growth, spectral, threshold, activation))
+            chans += growth
+        self.layers = nn.Sequential(*layers)
+        self.exit = nn.Sequential(nn.BatchNorm2d(chans), nn.ReLU(inplace=True)) if last else Transition(chans, chans)
+        self.out_chs = chans
+        self.min_size = 3 if spectral else 1
+        self.out_size = (lambda n: n) if last else (lambda n: n // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.exit(self.layers(self.stem(x)))
+
+
+class DenseNetCifar(StagedClassifier):
+    """DenseNet for CIFAR; ``spectral=True`` gives SpecDenseNet.
+
+    Args:
+        num_classes, in_chans: classifier outputs (0: features only) and input channels.
+        depth: 3 * layers_per_block + 4 (40 -> 12 layers per block).
+        growth_rate: channels added by each dense layer.
+        stem_chs: channels of the first 3x3 convolution.
+        spectral, threshold, activation: SpecNet blocks, beta and spectral activation.
+        drop_rate: dropout before the classifier.
+
+    Shape: (N, 3, H, W) -> (N, num_classes); stages: (N, 160, H/2), (N, 304, H/4), (N, 448, H/4).
+    """
+
+    def __init__(self, num_classes=10, in_chans=3, depth=40, growth_rate=12, stem_chs=16, spectral=False,
+                 threshold=0.0, activation="split_tanh", drop_rate=0.0):
+        super().__init__()
+        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation)
+        if (depth - 4) % 3:
+            raise ValueError(f"DenseNet depth must be 3 * layers_per_block + 4, got {depth}")
+        per_block = (depth - 4) // 3
+        stages, chans = [], in_chans
+        for i in range(3):
+            stage = DenseStage(chans, per_block, growth_rate, spectral, threshold, activation,
+                               stem_chs=stem_chs if i == 0 else 0, last=i == 2)
+            stages.append(stage)
+            chans = stage.out_chs
+        self.stages = nn.Sequential(*stages)
+        head = ClassifierHead(chans, num_classes, pool_size=1, drop_rate=drop_rate)
+        self._finish(head, reductions=(2, 4, 4), in_chans=in_chans, num_classes=num_classes)
+
+
+def _create_densenet(variant, pretrained=False, **kwargs):
+    return build(DenseNetCifar, variant, pretrained, num_stages=3, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "densenet_cifar.cifar10": cfg(first_conv="stages.0.stem"),
+    "specdensenet.cifar10": cfg(first_conv="stages.0.stem"),
+})
+
+
+@register_model
+def densenet_cifar(pretrained=False, **kwargs) -> DenseNetCifar:
+    """DenseNet-40 (growth 12) for 32x32 input, the spatial twin of SpecDenseNet."""
+    return _create_densenet("densenet_cifar", pretrained, **kwargs)
+
+
+@register_model
+def specdensenet(pretrained=False, **kwargs) -> DenseNetCifar:
+    """SpecDenseNet: DenseNet-40 with SpecNet 3x3 convolutions (SpecNet Table 1)."""
+    return _create_densenet("specdensenet", pretrained, spectral=True, **kwargs)

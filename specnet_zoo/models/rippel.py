@@ -1,0 +1,155 @@
+"""Rippel, Snoek & Adams 2015 architectures and their spectrally parametrized versions.
+
+* ``specpool_cifar`` (eq. 5): for m = 1..M, conv3x3 with min(96 + 32m, 288) filters -> ReLU ->
+  spectral pooling to floor(gamma * H_m) with frequency dropout c_m = alpha + (m/M)(beta - alpha) ->
+  ReLU; then conv1x1 (min(96 + 32M, 288)), conv1x1 (classes), global average. The last 1x1 conv and
+  the global average are linear and commute, so the classifier is global average -> ``head.fc``.
+  Defaults are the paper's best configuration (gamma 0.85, alpha 0.30, beta 0.15); the paper tunes
+  M, which is the ``depth`` kwarg (default 6).
+* ``rippel_generic`` (eq. 6): C96-3x3, MP 3x3/2, C192-3x3, MP 3x3/2, FC1024, FC512, classes.
+* ``rippel_deep`` (eq. 7): C96-3x3, C96-3x3, MP 3x3/2, C192-3x3 x3, MP 3x3/2, C192-1x1, then
+  C-classes 1x1 and global average (again as global average -> ``head.fc``).
+* ``specparam_generic``, ``specparam_deep``, ``specparam_specpool_cifar``: the same networks with
+  every convolution parametrized in the frequency domain (Rippel Sec. 4, :func:`spectralize`):
+  identical functions and parameter counts, different optimization geometry (use Adam).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.models import generate_default_cfgs
+from torch import nn
+
+from ..layers import FrequencyDropout, SpectralPool2d, frequency_dropout_schedule, spectralize
+from ._base import ClassifierHead, ConvStage, StagedClassifier, build, cfg, register_model
+
+__all__ = ["RippelNet", "SpecPoolStage"]
+
+
+class SpecPoolStage(nn.Module):
+    """conv3x3 -> ReLU -> SpectralPool2d(scale gamma, frequency dropout c) -> ReLU (Rippel eq. 5)."""
+
+    def __init__(self, in_chs: int, out_chs: int, gamma: float, min_fraction: float):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(in_chs, out_chs, 3, padding=1)])
+        self.act = nn.ReLU(inplace=True)
+        self.pool = SpectralPool2d(scale_factor=gamma, frequency_dropout=FrequencyDropout(min_fraction))
+        self.gamma = gamma
+        self.min_size = 1
+
+    def out_size(self, n: int) -> int:
+        return max(1, math.floor(self.gamma * n + 1e-9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.pool(self.act(self.convs[0](x))))
+
+
+def _max_pool() -> tuple[nn.Module, callable]:
+    return nn.MaxPool2d(3, 2, padding=1), (lambda n: (n - 1) // 2 + 1)
+
+
+class RippelNet(StagedClassifier):
+    """The three networks of Rippel et al. 2015 (module docstring).
+
+    Args:
+        arch: 'specpool' (eq. 5), 'generic' (eq. 6) or 'deep' (eq. 7).
+        num_classes, in_chans: classifier outputs (0: features only) and input channels.
+        depth, gamma, alpha, beta: eq. 5's M, pooling factor and frequency-dropout schedule.
+        spectral_param: parametrize every convolution in the frequency domain (Sec. 4).
+        drop_rate: dropout after hidden FC layers (eq. 6) or before the classifier.
+    """
+
+    def __init__(self, arch="specpool", num_classes=10, in_chans=3, depth=6, gamma=0.85, alpha=0.30, beta=0.15,
+                 spectral_param=False, drop_rate=0.0, img_size=32):
+        super().__init__()
+        stages: list[nn.Module] = []
+        if arch == "specpool":
+            chans = in_chans
+            for m, c_m in enumerate(frequency_dropout_schedule(alpha, beta, depth), start=1):
+                width = min(96 + 32 * m, 288)
+                stages.append(SpecPoolStage(chans, width, gamma, c_m))
+                chans = width
+            stages.append(ConvStage(chans, [min(96 + 32 * depth, 288)], kernel_size=1))
+            head_kwargs = dict(pool_size=1)
+        elif arch == "generic":
+            stages = [ConvStage(in_chans, [96], 3, pool=_max_pool()[0], pool_out=_max_pool()[1]),
+                      ConvStage(96, [192], 3, pool=_max_pool()[0], pool_out=_max_pool()[1])]
+            head_kwargs = dict(pool_size=8, hidden=(1024, 512))
+        elif arch == "deep":
+            stages = [ConvStage(in_chans, [96, 96], 3, pool=_max_pool()[0], pool_out=_max_pool()[1]),
+                      ConvStage(96, [192, 192, 192], 3, pool=_max_pool()[0], pool_out=_max_pool()[1]),
+                      ConvStage(192, [192], kernel_size=1)]
+            head_kwargs = dict(pool_size=1)
+        else:
+            raise ValueError(f"arch must be 'specpool', 'generic' or 'deep', got {arch!r}")
+        self.stages = nn.Sequential(*stages)
+        if spectral_param:
+            spectralize(self.stages)
+        self.arch = arch
+        out_chs = stages[-1].convs[-1].out_channels
+        head = ClassifierHead(out_chs, num_classes, drop_rate=drop_rate, **head_kwargs)
+        self._finish(head, reductions=self._reductions(img_size), in_chans=in_chans, num_classes=num_classes)
+
+    def _reductions(self, img_size: int) -> list[float]:
+        """Input size / stage output size at ``img_size`` (fractional for gamma-pooling)."""
+        reductions, size = [], img_size
+        for stage in self.stages:
+            size = stage.out_size(size)
+            ratio = img_size / size
+            reductions.append(int(ratio) if ratio == int(ratio) else round(ratio, 4))
+        return reductions
+
+
+def _create_rippel(variant, pretrained=False, **kwargs):
+    num_stages = {"specpool": kwargs.get("depth", 6) + 1, "generic": 2, "deep": 3}[kwargs["arch"]]
+    return build(RippelNet, variant, pretrained, num_stages=num_stages, **kwargs)
+
+
+_C10 = cfg(first_conv="stages.0.convs.0")
+
+default_cfgs = generate_default_cfgs({
+    "specpool_cifar.cifar10": _C10,
+    "specpool_cifar.cifar100": cfg(first_conv="stages.0.convs.0", num_classes=100),
+    "rippel_generic.cifar10": _C10,
+    "rippel_deep.cifar10": _C10,
+    "specparam_generic.cifar10": _C10,
+    "specparam_deep.cifar10": _C10,
+    "specparam_specpool_cifar.cifar10": _C10,
+})
+
+
+@register_model
+def specpool_cifar(pretrained=False, **kwargs) -> RippelNet:
+    """Rippel eq. 5: conv3x3 + spectral pooling (gamma 0.85) + frequency dropout, depth M = 6."""
+    return _create_rippel("specpool_cifar", pretrained, arch="specpool", **kwargs)
+
+
+@register_model
+def rippel_generic(pretrained=False, **kwargs) -> RippelNet:
+    """Rippel eq. 6: C96-3x3, MP, C192-3x3, MP, FC1024, FC512 (spatially parametrized)."""
+    return _create_rippel("rippel_generic", pretrained, arch="generic", **kwargs)
+
+
+@register_model
+def rippel_deep(pretrained=False, **kwargs) -> RippelNet:
+    """Rippel eq. 7: 2x C96, MP, 3x C192, MP, C192-1x1, classes-1x1, global average."""
+    return _create_rippel("rippel_deep", pretrained, arch="deep", **kwargs)
+
+
+@register_model
+def specparam_generic(pretrained=False, **kwargs) -> RippelNet:
+    """Rippel eq. 6 with every filter parametrized in the frequency domain (Sec. 4)."""
+    return _create_rippel("specparam_generic", pretrained, arch="generic", spectral_param=True, **kwargs)
+
+
+@register_model
+def specparam_deep(pretrained=False, **kwargs) -> RippelNet:
+    """Rippel eq. 7 with every filter parametrized in the frequency domain (Sec. 4)."""
+    return _create_rippel("specparam_deep", pretrained, arch="deep", spectral_param=True, **kwargs)
+
+
+@register_model
+def specparam_specpool_cifar(pretrained=False, **kwargs) -> RippelNet:
+    """Rippel eq. 5 with every filter parametrized in the frequency domain (Sec. 4)."""
+    return _create_rippel("specparam_specpool_cifar", pretrained, arch="specpool", spectral_param=True, **kwargs)

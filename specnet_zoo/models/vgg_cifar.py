@@ -1,0 +1,71 @@
+"""VGG-16 with batch norm for 32x32 input and SpecVGG16 (SpecNet, Guan et al. 2019, appendix Table 5).
+
+VGG-16's 13 3x3 convolutions in five stages (64, 128, 256, 512, 512 channels), 2x2 max pooling after
+each, then a 512 -> 512 -> classes head (the CIFAR variant; SpecNet's table gives no more, so the
+rest follows VGG-16). The spatial twin has BatchNorm + ReLU after every convolution. In SpecVGG16
+each stage is one SpecNet block: all its convolutions stay spectral (product, threshold, split tanh),
+one IFFT, then BatchNorm and max pooling. Convolution and head parameters are identical; SpecVGG16
+has one BatchNorm per stage instead of one per convolution (5 instead of 13), so 5,504 fewer
+parameters. At 32x32 the last stage sees 2x2 maps with 3x3 kernels, which the spectral blocks allow.
+"""
+from __future__ import annotations
+
+from timm.models import generate_default_cfgs
+from torch import nn
+
+from ._base import check_spectral_kwargs, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
+
+__all__ = ["VggCifar"]
+
+_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class VggCifar(StagedClassifier):
+    """VGG-16-BN for small images; ``spectral=True`` gives SpecVGG16.
+
+    Args:
+        num_classes, in_chans: classifier outputs (0: features only) and input channels.
+        spectral: one SpecNet block per stage instead of Conv2d + BN + ReLU per convolution.
+        threshold, activation: SpecNet beta and spectral activation (spectral only).
+        drop_rate: dropout after the hidden fully connected layer.
+
+    Shape: (N, 3, H, W) -> (N, num_classes), H, W >= 32; stages reduce by 2, 4, 8, 16, 32.
+    """
+
+    def __init__(self, num_classes=10, in_chans=3, spectral=False, threshold=0.0, activation="split_tanh", drop_rate=0.0):
+        super().__init__()
+        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation)
+        stages, chans = [], in_chans
+        for widths in _STAGES:
+            pool, halve = nn.MaxPool2d(2), (lambda n: n // 2)
+            if spectral:
+                stages.append(SpectralStage(chans, widths, 3, threshold, activation, norm=True, pool=pool,
+                                            pool_out=halve, allow_small_input=True))
+            else:
+                stages.append(ConvStage(chans, widths, 3, norm=True, pool=pool, pool_out=halve))
+            chans = widths[-1]
+        self.stages = nn.Sequential(*stages)
+        head = ClassifierHead(chans, num_classes, pool_size=1, hidden=(512,), drop_rate=drop_rate)
+        self._finish(head, reductions=(2, 4, 8, 16, 32), in_chans=in_chans, num_classes=num_classes)
+
+
+def _create_vgg(variant, pretrained=False, **kwargs):
+    return build(VggCifar, variant, pretrained, num_stages=len(_STAGES), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "vgg16_cifar.cifar10": cfg(),
+    "specvgg16.cifar10": cfg(),
+})
+
+
+@register_model
+def vgg16_cifar(pretrained=False, **kwargs) -> VggCifar:
+    """VGG-16 with BatchNorm and a 512 FC head for 32x32 input, the spatial twin of SpecVGG16."""
+    return _create_vgg("vgg16_cifar", pretrained, **kwargs)
+
+
+@register_model
+def specvgg16(pretrained=False, **kwargs) -> VggCifar:
+    """SpecVGG16: VGG-16 with one SpecNet block per stage (SpecNet Table 5)."""
+    return _create_vgg("specvgg16", pretrained, spectral=True, **kwargs)
