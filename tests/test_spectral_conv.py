@@ -174,3 +174,13 @@ def test_errors_are_specific():
         conv.spectral_forward(torch.randn(1, 3, 8, 5, dtype=torch.complex64), (8, 8))
     with pytest.raises(ValueError, match="at least one"):
         SpectralBlock(3, [])
+
+
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (4, 1), ((3, 5), 1), (3, 2), ((2, 3), (3, 1))])
+def test_kernel_matrices_are_the_kernel_fft(kernel_size, dilation):
+    conv = SpectralConv2d(3, 2, kernel_size, dilation=dilation).double()
+    size = (13, 10)
+    matrices = conv.kernel_matrices(size, torch.float64).reshape(2, 13, 6, 3, 2)  # (re/im, P, Q', i, o)
+    spectrum = conv.kernel_spectrum(size, torch.float64).permute(2, 3, 1, 0)  # (P, Q', i, o)
+    torch.testing.assert_close(matrices[0], spectrum.real)
+    torch.testing.assert_close(matrices[1], spectrum.imag)
