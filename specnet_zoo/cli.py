@@ -1,5 +1,6 @@
 """The ``specnet-zoo`` command.
 
+    specnet-zoo fit|validate|test|predict --config recipes/<recipe>.yaml [--dotted.overrides ...]
     specnet-zoo models [--markdown]
     specnet-zoo reproduce info-preservation [--photos DIR] [--out DIR]
     specnet-zoo --version
@@ -28,7 +29,11 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specnet-zoo", description="Spectral-domain CNNs: layers, models, recipes.")
+    parser = argparse.ArgumentParser(
+        prog="specnet-zoo",
+        description="Spectral-domain CNNs: layers, models, recipes. Training: specnet-zoo {fit,validate,test,predict} "
+        "--config recipes/<recipe>.yaml (LightningCLI; --help on each).",
+    )
     parser.add_argument("--version", action="version", version=f"specnet-zoo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = commands.add_parser("models", help="list the registered architectures")
@@ -44,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("fit", "validate", "test", "predict"):
+        from .training.cli import run
+
+        return run(argv)
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2

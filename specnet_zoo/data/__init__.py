@@ -1,0 +1,24 @@
+"""LightningDataModules and on-disk format readers (see :mod:`specnet_zoo.data.datamodules`)."""
+from .datamodules import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    ImageDataModule,
+    ImageFolderDataModule,
+    ImageNetDataModule,
+    MNISTDataModule,
+    ResumableDataLoader,
+    SVHNDataModule,
+)
+from .sources import DataNotFoundError
+
+__all__ = [
+    "CIFAR100DataModule",
+    "CIFAR10DataModule",
+    "DataNotFoundError",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "MNISTDataModule",
+    "ResumableDataLoader",
+    "SVHNDataModule",
+]

@@ -1,0 +1,116 @@
+"""``ImageClassifier``: any registered model, the optimizers and schedules of both papers, torchmetrics."""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+import specnet_zoo
+from specnet_zoo.layers import spectralize
+
+__all__ = ["ImageClassifier"]
+
+
+class ImageClassifier(L.LightningModule):
+    """Classify images with ``specnet_zoo.create_model(model_name, **model_kwargs)``.
+
+    Args:
+        model_name: any timm or specnet-zoo architecture name.
+        model_kwargs: extra model arguments (``threshold``, ``activation``, ``drop_rate``, ...).
+        num_classes, in_chans: linked from the DataModule by the CLI.
+        optimizer: 'sgd' (SpecNet: momentum 0.95; Rippel eq. 5), 'adam' (Rippel's parametrization
+            runs) or 'adamw'.
+        lr, momentum, weight_decay, nesterov: optimizer settings.
+        scheduler: 'step' (multiply by ``gamma`` every ``step_size`` epochs; SpecNet: 50, 0.5),
+            'multistep' (at ``milestones``; Rippel eq. 5: 100, 140 with 0.1), 'cosine' or 'none'.
+        label_smoothing: cross-entropy label smoothing.
+        spectral_param: learn every ``nn.Conv2d`` filter in the frequency domain (Rippel Sec. 4,
+            :func:`specnet_zoo.layers.spectralize`); the function at initialisation is unchanged.
+
+    Logs ``{train,val,test}/loss`` and ``/acc`` (top-1), plus ``/acc_top5`` when there are more than 5
+    classes. ``predict_step`` returns class probabilities.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "speclenet",
+        model_kwargs: dict | None = None,
+        num_classes: int = 10,
+        in_chans: int | None = None,
+        optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        scheduler: Literal["none", "step", "multistep", "cosine"] = "step",
+        step_size: int = 50,
+        gamma: float = 0.5,
+        milestones: Sequence[int] = (100, 140),
+        label_smoothing: float = 0.0,
+        spectral_param: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        kwargs = dict(model_kwargs or {}, num_classes=num_classes)
+        if in_chans is not None:
+            kwargs["in_chans"] = in_chans
+        self.model = specnet_zoo.create_model(model_name, **kwargs)
+        if spectral_param:
+            spectralize(self.model)
+        metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        collection = MetricCollection(metrics)
+        self.train_metrics = collection.clone(prefix="train/")
+        self.val_metrics = collection.clone(prefix="val/")
+        self.test_metrics = collection.clone(prefix="test/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits, targets)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(images).softmax(dim=-1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = self.parameters()
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov)
+        elif hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return optimizer
+        if hp.scheduler == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.gamma)
+        elif hp.scheduler == "multistep":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=hp.gamma)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs or 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
