@@ -204,8 +204,10 @@ class _CIFARDataModule(ImageDataModule):
     batches_folder = ""
     tv_dataset: type = datasets.CIFAR10
 
-    def __init__(self, *args, cache_dir: str | None = None, augment: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, data_dir: str = "data", batch_size: int = 64, num_workers: int = 0, val_split: float = 0.1,
+                 seed: int = 0, shuffle: bool = True, download: bool = False, cache_dir: str | None = None,
+                 augment: bool = True) -> None:
+        super().__init__(data_dir, batch_size, num_workers, val_split, seed, shuffle, download)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "specnet_zoo"
         self.augment = augment
 
@@ -282,12 +284,17 @@ class ImageFolderDataModule(ImageDataModule):
     """``data_dir/train/<class>/`` (and ``val/<class>/``, ``test/<class>/`` when present) resized to ``image_size``.
 
     Without a ``val`` folder, ``val_split`` of ``train`` is held out; without ``test``, ``val`` is tested.
+    Training uses random resized crops and flips, evaluation a resize and centre crop (ratio 0.875).
     """
 
-    def __init__(self, *args, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, data_dir: str = "data", batch_size: int = 64, num_workers: int = 0, val_split: float = 0.1,
+                 seed: int = 0, shuffle: bool = True, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__(data_dir, batch_size, num_workers, val_split, seed, shuffle, download=False)
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        self._read_classes()
+
+    def _read_classes(self) -> None:
         train = self.data_dir / "train"
         if not train.is_dir():
             raise DataNotFoundError(f"no image folder at {train}: expected {train}/<class>/<image files>")
@@ -323,13 +330,13 @@ class ImageFolderDataModule(ImageDataModule):
 class ImageNetDataModule(ImageFolderDataModule):
     """ImageNet in torchvision's layout (``meta.bin`` + ``train/`` and ``val/`` wnid folders), 1000 classes.
 
-    ``val`` is both the validation and the test set (ImageNet's test labels are not public).
+    ``val`` is both the validation and the test set (ImageNet's test labels are not public). ImageNet
+    cannot be downloaded automatically; ``val_split`` is unused.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        ImageDataModule.__init__(self, *args, **{k: v for k, v in kwargs.items() if k not in ("image_size", "mean", "std")})
-        self.image_size = kwargs.get("image_size", 224)
-        self.mean, self.std = tuple(kwargs.get("mean", IMAGENET_MEAN)), tuple(kwargs.get("std", IMAGENET_STD))
+    num_classes = 1000
+
+    def _read_classes(self) -> None:
         self.num_classes = 1000
 
     def setup(self, stage: str | None = None) -> None:
@@ -340,7 +347,9 @@ class ImageNetDataModule(ImageFolderDataModule):
                 f"ImageNet not found in {self.data_dir}: expected meta.bin and the train/ and val/ wnid folders "
                 "(torchvision.datasets.ImageNet's layout; ImageNet cannot be downloaded automatically)"
             )
-        make = lambda split, tf: datasets.ImageNet(str(self.data_dir), split=split,  # noqa: E731
-                                                   transform=v2.Compose([v2.PILToTensor(), tf]))
+
+        def make(split: str, transform: Callable) -> datasets.ImageNet:
+            return datasets.ImageNet(str(self.data_dir), split=split, transform=v2.Compose([v2.PILToTensor(), transform]))
+
         self.train_set = make("train", self.train_transform())
         self.val_set = self.test_set = make("val", self.eval_transform())

@@ -49,9 +49,9 @@ class SpecnetLightningCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False)
 
 
-def run(args: list[str]) -> int:
+def cli_main(args: list[str]) -> SpecnetLightningCLI:
     """Run the LightningCLI with ``args`` (e.g. ``["fit", "--config", "recipes/mnist_speclenet.yaml"]``)."""
-    SpecnetLightningCLI(
+    return SpecnetLightningCLI(
         ImageClassifier,
         ImageDataModule,
         subclass_mode_data=True,
@@ -60,4 +60,8 @@ def run(args: list[str]) -> int:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
+
+
+def run(args: list[str]) -> int:
+    cli_main(args)
     return 0
