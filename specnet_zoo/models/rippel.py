@@ -45,8 +45,9 @@ class SpecPoolStage(nn.Module):
         return torch.relu(self.pool(self.act(self.convs[0](x))))
 
 
-def _max_pool() -> tuple[nn.Module, callable]:
-    return nn.MaxPool2d(3, 2, padding=1), (lambda n: (n - 1) // 2 + 1)
+def _pooled_stage(in_chs: int, widths: list[int]) -> ConvStage:
+    """Convs 3x3 + ReLU, then max pooling 3x3 / 2 (padding 1: n -> ceil(n / 2)), as in eq. 6 and 7."""
+    return ConvStage(in_chs, widths, 3, pool=nn.MaxPool2d(3, 2, padding=1), pool_out=lambda n: (n - 1) // 2 + 1)
 
 
 class RippelNet(StagedClassifier):
@@ -73,12 +74,10 @@ class RippelNet(StagedClassifier):
             stages.append(ConvStage(chans, [min(96 + 32 * depth, 288)], kernel_size=1))
             head_kwargs = dict(pool_size=1)
         elif arch == "generic":
-            stages = [ConvStage(in_chans, [96], 3, pool=_max_pool()[0], pool_out=_max_pool()[1]),
-                      ConvStage(96, [192], 3, pool=_max_pool()[0], pool_out=_max_pool()[1])]
+            stages = [_pooled_stage(in_chans, [96]), _pooled_stage(96, [192])]
             head_kwargs = dict(pool_size=8, hidden=(1024, 512))
         elif arch == "deep":
-            stages = [ConvStage(in_chans, [96, 96], 3, pool=_max_pool()[0], pool_out=_max_pool()[1]),
-                      ConvStage(96, [192, 192, 192], 3, pool=_max_pool()[0], pool_out=_max_pool()[1]),
+            stages = [_pooled_stage(in_chans, [96, 96]), _pooled_stage(96, [192, 192, 192]),
                       ConvStage(192, [192], kernel_size=1)]
             head_kwargs = dict(pool_size=1)
         else:
