@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 from specnet_zoo.layers import FrequencyDropout, SpectralPool2d, spectral_pool2d, spectral_resize2d

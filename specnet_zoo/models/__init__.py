@@ -2,11 +2,11 @@
 
 Import order is the order of ``specnet_model_names()`` and of the README model table.
 """
-from . import lenet  # noqa: I001
-from . import alexnet
-from . import vgg_cifar
-from . import densenet_cifar
-from . import rippel
+from . import lenet  # noqa: F401,I001  (imports register the models)
+from . import alexnet  # noqa: F401
+from . import vgg_cifar  # noqa: F401
+from . import densenet_cifar  # noqa: F401
+from . import rippel  # noqa: F401
 from ._base import StagedClassifier, specnet_model_names
 from .alexnet import AlexNetCifar
 from .densenet_cifar import DenseNetCifar
