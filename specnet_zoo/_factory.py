@@ -9,7 +9,15 @@ from torch import nn
 
 from .models import specnet_model_names
 
-__all__ = ["create_model", "list_models", "list_pretrained", "model_table"]
+__all__ = ["create_model", "list_models", "list_pretrained", "model_table", "spatial_twin"]
+
+# SpecNet networks and the spatial network each is measured against (same convolutions and head).
+SPATIAL_TWINS = {
+    "speclenet": "lenet5",
+    "specalexnet": "alexnet_cifar",
+    "specvgg16": "vgg16_cifar",
+    "specdensenet": "densenet_cifar",
+}
 
 
 def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -20,6 +28,11 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Modu
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise RuntimeError(f"Unknown model ({model_name}){hint} specnet_zoo.list_models() lists specnet-zoo's models")
     return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+
+
+def spatial_twin(model_name: str) -> str | None:
+    """The spatial network a SpecNet model is compared with (``specvgg16`` -> ``vgg16_cifar``), or None."""
+    return SPATIAL_TWINS.get(model_name.split(".", 1)[0])
 
 
 def list_models(filter: str = "", pretrained: bool = False) -> list[str]:

@@ -2,7 +2,9 @@
 
     specnet-zoo fit|validate|test|predict --config recipes/<recipe>.yaml [--dotted.overrides ...]
     specnet-zoo models [--markdown]
+    specnet-zoo profile --model NAME [--threshold B | --density D] [--storage S] --batch-size N
     specnet-zoo reproduce info-preservation [--photos DIR] [--out DIR]
+    specnet-zoo reproduce specnet-memory [--out DIR] [--batch-size N] [--models ...] [--no-table]
     specnet-zoo --version
 """
 from __future__ import annotations
@@ -21,10 +23,93 @@ def _reproduce_info_preservation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce_specnet_memory(args: argparse.Namespace) -> int:
+    from .reproduce import specnet_memory as sm
+
+    pairs = [p for p in sm.PAIRS if p[0] in args.models] if args.models else sm.PAIRS
+    if args.models and len(pairs) != len(args.models):
+        known = ", ".join(p[0] for p in sm.PAIRS)
+        raise ValueError(f"--models takes SpecNet models with a spatial twin ({known}), got {', '.join(args.models)}")
+    sm.run(args.out, batch_size=args.batch_size, table_batch_size=args.table_batch_size, pairs=pairs,
+           table=not args.no_table, timing_steps=args.timing_steps)
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from ._factory import model_table
 
     print(model_table(markdown=args.markdown))
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from ._factory import create_model, spatial_twin
+    from .data import sample_batch
+    from .profiling import MB, measure_memory
+
+    kwargs = {}
+    if args.threshold is not None:
+        kwargs["threshold"] = args.threshold
+    if args.density is not None:
+        kwargs["density"] = args.density
+    if args.storage is not None:
+        kwargs["storage"] = args.storage
+    model = create_model(args.model, **kwargs)
+    twin_name = spatial_twin(args.model) if args.twin == "auto" else (None if args.twin == "none" else args.twin)
+    in_chans, size = model.pretrained_cfg["input_size"][0], model.pretrained_cfg["input_size"][1:]
+    data = args.data
+    if data == "auto":
+        data = "mnist" if in_chans == 1 else "cifar10"
+    if data == "random":
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn(args.batch_size, in_chans, *size, generator=generator)
+        targets = torch.randint(0, model.num_classes, (args.batch_size,), generator=generator)
+    else:
+        inputs, targets = sample_batch(data, args.batch_size)
+        if tuple(inputs.shape[1:]) != (in_chans, *size):
+            raise ValueError(f"{args.model} expects {in_chans}x{size[0]}x{size[1]} input; {data} batches are "
+                             f"{'x'.join(map(str, inputs.shape[1:]))}; pass --data random or another dataset")
+    device = torch.device(args.device)
+    inputs, targets = inputs.to(device), targets.to(device)
+
+    def measure(name, net):
+        net = net.to(device).train()
+        return measure_memory(net, inputs, targets, optimizer=args.optimizer, peak=not args.no_peak,
+                              timing_steps=args.timing_steps, name=name)
+
+    report = measure(args.model, model)
+    twin = measure(twin_name, create_model(twin_name)) if twin_name else None
+    settings = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults"
+    print(f"{args.model} ({settings}), batch {args.batch_size} of {data} {in_chans}x{size[0]}x{size[1]}, "
+          f"device {device}, optimizer {args.optimizer}")
+    print(report.table(depth=args.depth, twin=twin))
+    rows = [("saved activations", "saved_bytes"), ("parameters", "param_bytes"), ("gradients", "grad_bytes"),
+            ("optimizer state", "optimizer_bytes"), ("step peak", "peak_bytes")]
+    print()
+    print(f"{'':<22}{args.model:>14}" + (f"{twin_name:>16}{'ratio':>8}" if twin else ""))
+    for label, key in rows:
+        mine = getattr(report, key)
+        if mine is None:
+            continue
+        line = f"{label + ' MB':<22}{mine / MB:>14.2f}"
+        if twin:
+            theirs = getattr(twin, key)
+            line += f"{theirs / MB:>16.2f}{mine / max(theirs, 1):>8.3f}"
+        print(line)
+    if report.step_time_s is not None:
+        line = f"{'step time s':<22}{report.step_time_s:>14.3f}"
+        if twin and twin.step_time_s:
+            line += f"{twin.step_time_s:>16.3f}{report.step_time_s / twin.step_time_s:>8.3f}"
+        print(line)
+    if report.peak_bytes is not None:
+        print(f"(step peak: {report.peak_method}, bytes allocated above the step's start)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": report.as_dict(), "twin": twin.as_dict() if twin else None}, f, indent=1)
     return 0
 
 
@@ -39,12 +124,41 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the registered architectures")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table (as in README.md)")
     models.set_defaults(handler=_models)
+    profile = commands.add_parser(
+        "profile", help="training memory of a model layer by layer, against its spatial twin",
+        description="Count the bytes one training step keeps for backward (per layer, de-duplicated by storage), "
+        "the parameter/gradient/optimizer bytes and the step's peak, for the model and its spatial twin.")
+    profile.add_argument("--model", required=True, help="model name, e.g. specvgg16")
+    sparsity = profile.add_mutually_exclusive_group()
+    sparsity.add_argument("--threshold", type=float, help="SpecNet beta: zero spectral entries with |Y| < beta")
+    sparsity.add_argument("--density", type=float, help="keep this fraction of each spectrum (per sample)")
+    profile.add_argument("--storage", choices=("compact", "float16", "int8", "dense"),
+                         help="what spectral blocks keep for backward (default: compact, lossless)")
+    profile.add_argument("--batch-size", type=int, default=64)
+    profile.add_argument("--data", default="auto", choices=("auto", "mnist", "cifar10", "random"),
+                         help="a real test batch from the shared data (auto: by input channels) or random normal")
+    profile.add_argument("--twin", default="auto", help="spatial model to compare with (auto, none or a name)")
+    profile.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw", "none"))
+    profile.add_argument("--depth", type=int, default=2, help="module-name depth of the table rows")
+    profile.add_argument("--device", default="cpu")
+    profile.add_argument("--timing-steps", type=int, default=1, help="timed steps (median reported); 0: none")
+    profile.add_argument("--no-peak", action="store_true", help="skip the (profiled) peak measurement")
+    profile.add_argument("--json", help="also write both reports to this JSON file")
+    profile.set_defaults(handler=_profile)
     reproduce = commands.add_parser("reproduce", help="reproduce a figure of the papers")
     experiments = reproduce.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     info = experiments.add_parser("info-preservation", help="Rippel et al. 2015 Fig. 4(a): spectral vs max pooling")
     info.add_argument("--photos", default=str(shared_data_dir() / "photos"), help="folder of photographs")
     info.add_argument("--out", default="outputs/info_preservation", help="where to write the CSV and PNG")
     info.set_defaults(handler=_reproduce_info_preservation)
+    memory = experiments.add_parser("specnet-memory", help="SpecNet Fig. 3: relative training memory vs beta and density")
+    memory.add_argument("--out", default="outputs/specnet_memory", help="where to write the CSVs and PNG")
+    memory.add_argument("--batch-size", type=int, default=64, help="batch of the beta/density sweep (SpecNet's)")
+    memory.add_argument("--table-batch-size", type=int, default=128, help="batch of the comparison table")
+    memory.add_argument("--models", nargs="+", help="SpecNet models to sweep (default: all four)")
+    memory.add_argument("--no-table", action="store_true", help="skip the checkpoint/offload comparison table")
+    memory.add_argument("--timing-steps", type=int, default=2, help="timed steps per table row (median)")
+    memory.set_defaults(handler=_reproduce_specnet_memory)
     return parser
 
 
@@ -61,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"specnet-zoo: error: {error}", file=sys.stderr)
         return 1
 

@@ -9,6 +9,7 @@ from .datamodules import (
     ResumableDataLoader,
     SVHNDataModule,
 )
+from .samples import sample_batch
 from .sources import DataNotFoundError
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "MNISTDataModule",
     "ResumableDataLoader",
     "SVHNDataModule",
+    "sample_batch",
 ]

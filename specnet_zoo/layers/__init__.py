@@ -1,6 +1,13 @@
 """Spectral layers in pure torch: one file per idea, shapes and equations in each docstring."""
 from .frequency_dropout import FrequencyDropout, frequency_dropout_schedule
-from .spectral_conv import SpectralBlock, SpectralConv2d, fast_fft_size, spectral_conv_chain
+from .spectral_conv import (
+    SpectralBlock,
+    SpectralConv2d,
+    fast_fft_size,
+    set_spectral_density,
+    spectral_conv_chain,
+    spectral_densities,
+)
 from .spectral_param import (
     SpectralKernel,
     SpectralParamConv2d,
@@ -24,7 +31,9 @@ __all__ = [
     "fast_fft_size",
     "frequency_dropout_schedule",
     "is_spectrally_parametrized",
+    "set_spectral_density",
     "spectral_conv_chain",
+    "spectral_densities",
     "spectral_kernel_basis",
     "spectral_pool2d",
     "spectral_resize2d",

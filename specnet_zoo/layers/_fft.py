@@ -85,16 +85,24 @@ class _PaddedRfft2(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        width = ctx.fft_size[1]
-        weights = torch.full((width // 2 + 1,), 0.5, dtype=grad.real.dtype, device=grad.device)
-        weights[0] = 1.0
-        if width % 2 == 0:
-            weights[-1] = 1.0
-        grad = grad * weights
-        if grad.device.type != "cpu":
-            grad = hermitian_repair(grad, width)
-        grad_x = torch.fft.irfft2(grad, s=ctx.fft_size, norm=_ADJOINT_NORM[ctx.norm])
-        return grad_x[..., : ctx.size[0], : ctx.size[1]], None, None
+        return rfft2_adjoint(grad, ctx.size, ctx.fft_size, ctx.norm), None, None
+
+
+def rfft2_adjoint(grad: torch.Tensor, size: tuple[int, int], fft_size: tuple[int, int], norm: str) -> torch.Tensor:
+    """Gradient of a real (..., H, W) map from the gradient of its ``rfft2(x, s=fft_size, norm=norm)``.
+
+    Shape: complex (..., P, Q // 2 + 1) -> real (..., H, W) with (H, W) = ``size``.
+    """
+    width = fft_size[1]
+    weights = torch.full((width // 2 + 1,), 0.5, dtype=grad.real.dtype, device=grad.device)
+    weights[0] = 1.0
+    if width % 2 == 0:
+        weights[-1] = 1.0
+    grad = grad * weights
+    if grad.device.type != "cpu":
+        grad = hermitian_repair(grad, width)
+    grad_x = torch.fft.irfft2(grad, s=fft_size, norm=_ADJOINT_NORM[norm])
+    return grad_x[..., : size[0], : size[1]]
 
 
 def padded_rfft2(x: torch.Tensor, fft_size: tuple[int, int], norm: str = "backward") -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..layers import SpectralBlock, spectral_conv_chain
+from ..layers.compact import NormPool, can_replay
 
 __all__ = ["ClassifierHead", "ConvStage", "SpectralStage", "StagedClassifier", "register_model", "specnet_model_names"]
 
@@ -52,12 +53,27 @@ def cfg(**kwargs) -> dict:
     }
 
 
-def check_spectral_kwargs(model: str, spectral: bool, threshold: float, activation) -> None:
-    """SpecNet's ``threshold`` and ``activation`` mean nothing to a spatial twin: reject, never ignore."""
-    if not spectral and (threshold != 0.0 or activation != "split_tanh"):
+def layer_density(density):
+    """The density each layer is built with: a single value as is; a per-layer sequence is set afterwards."""
+    return density if density is None or isinstance(density, (int, float)) else None
+
+
+def per_layer_density(model: nn.Module, density) -> None:
+    """Apply a per-layer density sequence (one value per spectral convolution, in module order)."""
+    if not (density is None or isinstance(density, (int, float))):
+        from ..layers import set_spectral_density
+
+        set_spectral_density(model, density)
+
+
+def check_spectral_kwargs(
+    model: str, spectral: bool, threshold: float, activation, density=None, storage: str = "compact"
+) -> None:
+    """SpecNet's threshold/density/activation/storage mean nothing to a spatial twin: reject, never ignore."""
+    if not spectral and (threshold != 0.0 or activation != "split_tanh" or density is not None or storage != "compact"):
         raise ValueError(
-            f"{model}: threshold and activation configure SpecNet blocks and apply to the spectral twin only "
-            f"(got threshold={threshold!r}, activation={activation!r})"
+            f"{model}: threshold, density, activation and storage configure SpecNet blocks and apply to the spectral "
+            f"twin only (got threshold={threshold!r}, density={density!r}, activation={activation!r}, storage={storage!r})"
         )
 
 
@@ -94,6 +110,8 @@ class ConvStage(nn.Module):
 class SpectralStage(nn.Module):
     """SpecNet stage: one :class:`SpectralBlock` (FFT once, all convs spectral, IFFT), (BatchNorm), ``pool``.
 
+    ``threshold`` or ``density`` set each convolution's sparsity, ``storage`` what backward keeps.
+
     Parameter names ``convs.{i}.weight/bias`` match :class:`ConvStage`'s, so twins share checkpoints'
     convolution weights.
     """
@@ -109,9 +127,12 @@ class SpectralStage(nn.Module):
         pool: nn.Module | None = None,
         pool_out: Callable[[int], int] = lambda n: n,
         allow_small_input: bool = False,
+        density: float | None = None,
+        storage: str = "compact",
     ) -> None:
         super().__init__()
-        block = SpectralBlock(in_chs, list(widths), kernel_size, threshold, activation, allow_small_input=allow_small_input)
+        block = SpectralBlock(in_chs, list(widths), kernel_size, threshold, activation,
+                              allow_small_input=allow_small_input, density=density, storage=storage)
         self.convs = block.convs
         self.norm = nn.BatchNorm2d(widths[-1]) if norm else nn.Identity()
         self.pool = pool if pool is not None else nn.Identity()
@@ -119,6 +140,10 @@ class SpectralStage(nn.Module):
         self.out_size = pool_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # BatchNorm and pooling are replayed in backward from the block's packed spectra, so neither the
+        # block output nor the normalised map is kept.
+        if can_replay(self.norm, self.pool):
+            return spectral_conv_chain(x, list(self.convs), epilogue=NormPool(self.norm, self.pool))
         return self.pool(self.norm(spectral_conv_chain(x, list(self.convs))))
 
 

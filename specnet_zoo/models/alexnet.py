@@ -10,7 +10,7 @@ from __future__ import annotations
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ._base import check_spectral_kwargs, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
+from ._base import layer_density, per_layer_density, check_spectral_kwargs, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
 
 __all__ = ["AlexNetCifar"]
 
@@ -24,25 +24,30 @@ class AlexNetCifar(StagedClassifier):
         num_classes, in_chans: classifier outputs (0: features only) and input channels.
         spectral: SpecNet blocks instead of Conv2d + ReLU.
         threshold, activation: SpecNet beta and spectral activation (spectral only).
+        density, storage: per-sample kept fraction instead of beta (one value, or one per spectral conv);
+            what backward keeps: "compact", "float16", "int8" or "dense" (spectral only).
         drop_rate: dropout after each hidden fully connected layer.
 
     Shape: (N, 3, H, W) -> (N, num_classes); stages reduce by 2, 4, 8 (64/192/256 channels).
     """
 
-    def __init__(self, num_classes=10, in_chans=3, spectral=False, threshold=0.0, activation="split_tanh", drop_rate=0.0):
+    def __init__(self, num_classes=10, in_chans=3, spectral=False, threshold=0.0, activation="split_tanh", drop_rate=0.0,
+                 density=None, storage="compact"):
         super().__init__()
-        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation)
+        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation, density, storage)
         stages, chans = [], in_chans
         for widths, kernel in _STAGES:
             pool, halve = nn.MaxPool2d(2), (lambda n: n // 2)
             if spectral:
-                stages.append(SpectralStage(chans, widths, kernel, threshold, activation, pool=pool, pool_out=halve))
+                stages.append(SpectralStage(chans, widths, kernel, threshold, activation, pool=pool, pool_out=halve,
+                                            density=layer_density(density), storage=storage))
             else:
                 stages.append(ConvStage(chans, widths, kernel, pool=pool, pool_out=halve))
             chans = widths[-1]
         self.stages = nn.Sequential(*stages)
         head = ClassifierHead(chans, num_classes, pool_size=4, hidden=(384, 192), drop_rate=drop_rate)
         self._finish(head, reductions=(2, 4, 8), in_chans=in_chans, num_classes=num_classes)
+        per_layer_density(self, density)
 
 
 def _create_alexnet(variant, pretrained=False, **kwargs):

@@ -16,29 +16,40 @@ import torch
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ..layers import SpectralConv2d
-from ._base import check_spectral_kwargs, ClassifierHead, StagedClassifier, build, cfg, register_model
+from ..layers import SpectralConv2d, spectral_conv_chain
+from ..layers.compact import ConcatNorm
+from ._base import layer_density, per_layer_density, check_spectral_kwargs, ClassifierHead, StagedClassifier, build, cfg, register_model
 
 __all__ = ["DenseNetCifar"]
 
 
-def _conv3x3(in_chs, out_chs, spectral, threshold, activation, bias=False) -> nn.Module:
+def _conv3x3(in_chs, out_chs, spectral, sparsity, bias=False) -> nn.Module:
     if spectral:
-        return SpectralConv2d(in_chs, out_chs, 3, bias=bias, threshold=threshold, activation=activation)
+        return SpectralConv2d(in_chs, out_chs, 3, bias=bias, **sparsity)
     return nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=bias)
 
 
 class DenseLayer(nn.Module):
-    """Spatial: BN -> ReLU -> conv3x3; spectral: BN -> SpecNet conv3x3. Returns cat([x, new], dim=1)."""
+    """Spatial: BN -> ReLU -> conv3x3; spectral: BN -> SpecNet conv3x3, on cat(features).
 
-    def __init__(self, in_chs, growth, spectral, threshold, activation):
+    Takes the list of the block's features so far and returns only the new ``growth`` channels. The
+    spectral layer replays the concatenation and BatchNorm in backward (from the features' packed
+    spectra when they come from spectral convolutions), so no concatenated copy is kept per layer.
+    """
+
+    def __init__(self, in_chs, growth, spectral, sparsity):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_chs)
         self.act = nn.Identity() if spectral else nn.ReLU(inplace=True)
-        self.conv = _conv3x3(in_chs, growth, spectral, threshold, activation)
+        self.conv = _conv3x3(in_chs, growth, spectral, sparsity)
+        self.spectral = spectral
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.conv(self.act(self.norm(x)))], dim=1)
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.spectral and type(self.norm) is nn.BatchNorm2d:
+            return spectral_conv_chain(features, [self.conv], prologue=ConcatNorm(self.norm))
+        if self.spectral:  # e.g. SyncBatchNorm under DDP: not replayable locally, so keep its output
+            return self.conv(self.norm(torch.cat(features, dim=1)))
+        return self.conv(self.act(self.norm(torch.cat(features, dim=1))))
 
 
 class Transition(nn.Sequential):
@@ -51,22 +62,25 @@ class Transition(nn.Sequential):
 class DenseStage(nn.Module):
     """(stem) -> dense block -> transition or final BN + ReLU; ``out_chs`` channels out."""
 
-    def __init__(self, in_chs, num_layers, growth, spectral, threshold, activation, stem_chs=0, last=False):
+    def __init__(self, in_chs, num_layers, growth, spectral, sparsity, stem_chs=0, last=False):
         super().__init__()
-        self.stem = _conv3x3(in_chs, stem_chs, spectral, threshold, activation) if stem_chs else nn.Identity()
+        self.stem = _conv3x3(in_chs, stem_chs, spectral, sparsity) if stem_chs else nn.Identity()
         chans = stem_chs or in_chs
         layers = []
         for _ in range(num_layers):
-            layers.append(DenseLayer(chans, growth, spectral, threshold, activation))
+            layers.append(DenseLayer(chans, growth, spectral, sparsity))
             chans += growth
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.ModuleList(layers)
         self.exit = nn.Sequential(nn.BatchNorm2d(chans), nn.ReLU(inplace=True)) if last else Transition(chans, chans)
         self.out_chs = chans
         self.min_size = 3 if spectral else 1
         self.out_size = (lambda n: n) if last else (lambda n: n // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.exit(self.layers(self.stem(x)))
+        features = [self.stem(x)]
+        for layer in self.layers:
+            features.append(layer(features))
+        return self.exit(torch.cat(features, dim=1))
 
 
 class DenseNetCifar(StagedClassifier):
@@ -78,27 +92,31 @@ class DenseNetCifar(StagedClassifier):
         growth_rate: channels added by each dense layer.
         stem_chs: channels of the first 3x3 convolution.
         spectral, threshold, activation: SpecNet blocks, beta and spectral activation.
+        density, storage: per-sample kept fraction instead of beta (one value, or one per spectral conv);
+            what backward keeps: "compact", "float16", "int8" or "dense" (spectral only).
         drop_rate: dropout before the classifier.
 
     Shape: (N, 3, H, W) -> (N, num_classes); stages: (N, 160, H/2), (N, 304, H/4), (N, 448, H/4).
     """
 
     def __init__(self, num_classes=10, in_chans=3, depth=40, growth_rate=12, stem_chs=16, spectral=False,
-                 threshold=0.0, activation="split_tanh", drop_rate=0.0):
+                 threshold=0.0, activation="split_tanh", drop_rate=0.0, density=None, storage="compact"):
         super().__init__()
-        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation)
+        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation, density, storage)
+        sparsity = dict(threshold=threshold, density=layer_density(density), activation=activation, storage=storage)
         if (depth - 4) % 3:
             raise ValueError(f"DenseNet depth must be 3 * layers_per_block + 4, got {depth}")
         per_block = (depth - 4) // 3
         stages, chans = [], in_chans
         for i in range(3):
-            stage = DenseStage(chans, per_block, growth_rate, spectral, threshold, activation,
+            stage = DenseStage(chans, per_block, growth_rate, spectral, sparsity,
                                stem_chs=stem_chs if i == 0 else 0, last=i == 2)
             stages.append(stage)
             chans = stage.out_chs
         self.stages = nn.Sequential(*stages)
         head = ClassifierHead(chans, num_classes, pool_size=1, drop_rate=drop_rate)
         self._finish(head, reductions=(2, 4, 4), in_chans=in_chans, num_classes=num_classes)
+        per_layer_density(self, density)
 
 
 def _create_densenet(variant, pretrained=False, **kwargs):

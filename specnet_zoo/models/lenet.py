@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._base import check_spectral_kwargs, MNIST_MEAN, MNIST_STD, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
+from ._base import layer_density, per_layer_density, check_spectral_kwargs, MNIST_MEAN, MNIST_STD, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
 from timm.models import generate_default_cfgs
 
 __all__ = ["LeNet"]
@@ -26,6 +26,9 @@ class LeNet(StagedClassifier):
         spectral: SpecNet blocks instead of Conv2d + ReLU.
         threshold: SpecNet beta (spectral only).
         activation: spectral activation (spectral only), 'split_tanh' by default.
+        density: kept fraction of each spectrum instead of a fixed threshold, one value or one per spectral
+            conv (spectral only).
+        storage: what backward keeps: "compact", "float16", "int8" or "dense" (spectral only).
         drop_rate: dropout after each hidden fully connected layer.
 
     Shape: (N, in_chans, H, W) -> (N, num_classes); stage outputs (N, 6, H/2, W/2), (N, 16, H/4, W/4).
@@ -39,20 +42,24 @@ class LeNet(StagedClassifier):
         threshold: float = 0.0,
         activation: str | nn.Module | None = "split_tanh",
         drop_rate: float = 0.0,
+        density: float | None = None,
+        storage: str = "compact",
     ) -> None:
         super().__init__()
-        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation)
+        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation, density, storage)
         stages, chans = [], in_chans
         for width in _WIDTHS:
             pool = nn.MaxPool2d(2)
             if spectral:
-                stages.append(SpectralStage(chans, [width], 5, threshold, activation, pool=pool, pool_out=lambda n: n // 2))
+                stages.append(SpectralStage(chans, [width], 5, threshold, activation, pool=pool,
+                                            pool_out=lambda n: n // 2, density=layer_density(density), storage=storage))
             else:
                 stages.append(ConvStage(chans, [width], 5, pool=pool, pool_out=lambda n: n // 2))
             chans = width
         self.stages = nn.Sequential(*stages)
         head = ClassifierHead(chans, num_classes, pool_size=7, hidden=(120, 84), drop_rate=drop_rate)
         self._finish(head, reductions=(2, 4), in_chans=in_chans, num_classes=num_classes)
+        per_layer_density(self, density)
 
 
 def _create_lenet(variant: str, pretrained: bool = False, **kwargs) -> LeNet:

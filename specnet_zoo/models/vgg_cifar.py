@@ -13,7 +13,7 @@ from __future__ import annotations
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ._base import check_spectral_kwargs, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
+from ._base import layer_density, per_layer_density, check_spectral_kwargs, ClassifierHead, ConvStage, SpectralStage, StagedClassifier, build, cfg, register_model
 
 __all__ = ["VggCifar"]
 
@@ -27,26 +27,31 @@ class VggCifar(StagedClassifier):
         num_classes, in_chans: classifier outputs (0: features only) and input channels.
         spectral: one SpecNet block per stage instead of Conv2d + BN + ReLU per convolution.
         threshold, activation: SpecNet beta and spectral activation (spectral only).
+        density, storage: per-sample kept fraction instead of beta (one value, or one per spectral conv);
+            what backward keeps: "compact", "float16", "int8" or "dense" (spectral only).
         drop_rate: dropout after the hidden fully connected layer.
 
     Shape: (N, 3, H, W) -> (N, num_classes), H, W >= 32; stages reduce by 2, 4, 8, 16, 32.
     """
 
-    def __init__(self, num_classes=10, in_chans=3, spectral=False, threshold=0.0, activation="split_tanh", drop_rate=0.0):
+    def __init__(self, num_classes=10, in_chans=3, spectral=False, threshold=0.0, activation="split_tanh", drop_rate=0.0,
+                 density=None, storage="compact"):
         super().__init__()
-        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation)
+        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation, density, storage)
         stages, chans = [], in_chans
         for widths in _STAGES:
             pool, halve = nn.MaxPool2d(2), (lambda n: n // 2)
             if spectral:
                 stages.append(SpectralStage(chans, widths, 3, threshold, activation, norm=True, pool=pool,
-                                            pool_out=halve, allow_small_input=True))
+                                            pool_out=halve, allow_small_input=True,
+                                            density=layer_density(density), storage=storage))
             else:
                 stages.append(ConvStage(chans, widths, 3, norm=True, pool=pool, pool_out=halve))
             chans = widths[-1]
         self.stages = nn.Sequential(*stages)
         head = ClassifierHead(chans, num_classes, pool_size=1, hidden=(512,), drop_rate=drop_rate)
         self._finish(head, reductions=(2, 4, 8, 16, 32), in_chans=in_chans, num_classes=num_classes)
+        per_layer_density(self, density)
 
 
 def _create_vgg(variant, pretrained=False, **kwargs):

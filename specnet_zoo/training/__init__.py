@@ -1,4 +1,5 @@
 """Lightning training: :class:`ImageClassifier` and the ``specnet-zoo`` LightningCLI."""
+from .callbacks import EpochTimer, MemoryMonitor
 from .module import ImageClassifier
 
-__all__ = ["ImageClassifier"]
+__all__ = ["EpochTimer", "ImageClassifier", "MemoryMonitor"]
