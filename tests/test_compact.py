@@ -288,3 +288,16 @@ def test_sync_batchnorm_is_not_replayed_and_gives_the_same_gradients(name):
 
     for a, b in zip(grads(False), grads(True)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_chain_input_errors_are_specific():
+    conv = SpectralConv2d(3, 4, 3)
+    with pytest.raises(ValueError, match="one input map without a prologue, got 2"):
+        spectral_conv_chain([torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)], [conv])
+    prologue = ConcatNorm(nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match=r"share batch and spatial size"):
+        spectral_conv_chain([torch.randn(1, 1, 8, 8), torch.randn(1, 2, 8, 9)], [conv], prologue=prologue)
+    with pytest.raises(ValueError, match="5 channels together, its BatchNorm expects 3"):
+        spectral_conv_chain([torch.randn(1, 2, 8, 8), torch.randn(1, 3, 8, 8)], [conv], prologue=prologue)
+    with pytest.raises(TypeError, match="real floating-point"):
+        conv(torch.ones(1, 3, 8, 8, dtype=torch.long))

@@ -97,8 +97,8 @@ class PackedSpectrum:
             values = values.to(torch.float16)
         elif storage == "int8":
             values, scale = _quantize_int8(values)
-        else:
-            values = values.clone()  # never alias the live forward tensor
+        elif mask is None:
+            values = values.clone()  # a view of the live forward tensor otherwise (masked selection copies)
         bits = None if mask is None else pack_bits(mask)
         return cls(values, bits, scale, tuple(spectrum.shape), spectrum.dtype)
 
@@ -225,6 +225,11 @@ class ConcatNorm(Replay):
         self.params = _norm_params(norm)
 
     def run(self, *features: torch.Tensor) -> torch.Tensor:
+        channels = sum(t.shape[1] for t in features)
+        expected = getattr(self.norm, "num_features", channels)
+        if channels != expected:
+            raise ValueError(f"ConcatNorm: the features have {channels} channels together, its BatchNorm expects "
+                             f"{expected} (feature shapes {[tuple(t.shape) for t in features]})")
         return self.norm(torch.cat(features, dim=1))
 
     def replay(self, params, *features):

@@ -586,11 +586,17 @@ def spectral_conv_chain(
     float32 (float64 for float64 input) with autocast disabled. When gradients are needed and the
     convolutions' ``storage`` is not "dense", only packed spectra are kept for backward.
     """
+    name = type(convs[0]).__name__ if len(convs) == 1 else "SpectralBlock"
     inputs = [x] if isinstance(x, torch.Tensor) else list(x)
-    if not inputs or not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in inputs):
-        name = type(convs[0]).__name__ if len(convs) == 1 else "SpectralBlock"
-        check_map(inputs[0] if inputs else None, name)  # raises the specific error
-        raise ValueError(f"{name}: every input must be a 4-D (N, C, H, W) tensor")
+    if prologue is None and len(inputs) != 1:
+        raise ValueError(f"{name} takes one input map without a prologue, got {len(inputs)} tensors")
+    if not inputs:
+        raise ValueError(f"{name}: the prologue got no input tensors")
+    for t in inputs:
+        check_map(t, name)
+    sizes = {(t.shape[0], *t.shape[-2:]) for t in inputs}
+    if len(sizes) > 1:
+        raise ValueError(f"{name}: prologue inputs must share batch and spatial size (N, H, W), got {sorted(sizes)}")
     chain = SpectralChain(convs, tuple(inputs[0].shape[-2:]), prologue, epilogue)
     if not chain.compact_ok(inputs):
         return chain.forward_dense(inputs)
