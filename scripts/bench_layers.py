@@ -19,7 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specnet_zoo.layers import SpectralConv2d, SpectralParamConv2d, spectral_pool2d, spectralize
+from specnet_zoo.layers import (
+    SpectralConv2d,
+    SpectralParamConv2d,
+    spectral_pool2d,
+    spectralize,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -102,11 +107,13 @@ def bench_conv(device, rounds, budget, kernels) -> list[str]:
             x = torch.randn(32, 32, size, size, device=device, requires_grad=True)
             grad_out = torch.randn(32, 32, size, size, device=device)
             params = [x, layer.weight, layer.bias]
+            # default arguments bind this iteration's layer, input and kernel size
             cases = {
-                "spectral": fwd_bwd(lambda t, w, b: layer(t), params, grad_out),
-                "conv": fwd_bwd(lambda t, w, b: F.conv2d(t, w, b, padding=k // 2), params, grad_out),
-                "spectral fwd": lambda: layer(x.detach()),
-                "conv fwd": lambda: F.conv2d(x.detach(), layer.weight.detach(), layer.bias.detach(), padding=k // 2),
+                "spectral": fwd_bwd(lambda t, w, b, layer=layer: layer(t), params, grad_out),
+                "conv": fwd_bwd(lambda t, w, b, k=k: F.conv2d(t, w, b, padding=k // 2), params, grad_out),
+                "spectral fwd": lambda layer=layer, x=x: layer(x.detach()),
+                "conv fwd": lambda layer=layer, x=x, k=k: F.conv2d(x.detach(), layer.weight.detach(),
+                                                                   layer.bias.detach(), padding=k // 2),
             }
             ms = measure(cases, device, rounds, budget)
             ratio = ms["spectral"] / ms["conv"]

@@ -14,10 +14,12 @@ import time
 import torch
 
 import specnet_zoo
+from specnet_zoo.constants import SPECNET_PAIRS
 
-PAIRS = [("lenet5", "speclenet"), ("alexnet_cifar", "specalexnet"), ("vgg16_cifar", "specvgg16"),
-         ("densenet_cifar", "specdensenet"), ("rippel_generic", "specparam_generic"), ("rippel_deep", "specparam_deep"),
-         ("specpool_cifar", "specparam_specpool_cifar")]
+# SpecNet pairs, then Rippel's spatial vs spectral filter parametrization.
+PAIRS = [(spatial, spectral) for spectral, spatial, _ in SPECNET_PAIRS] + [
+    ("rippel_generic", "specparam_generic"), ("rippel_deep", "specparam_deep"),
+    ("specpool_cifar", "specparam_specpool_cifar")]
 
 
 def step_fn(name: str, batch: int, device: torch.device):

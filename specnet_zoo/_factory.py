@@ -7,26 +7,27 @@ import fnmatch
 import timm
 from torch import nn
 
+from .constants import SPECNET_PAIRS
 from .models import specnet_model_names
 
-__all__ = ["create_model", "list_models", "list_pretrained", "model_table", "spatial_twin"]
+__all__ = ["UnknownModelError", "create_model", "list_models", "list_pretrained", "model_table", "spatial_twin"]
 
 # SpecNet networks and the spatial network each is measured against (same convolutions and head).
-SPATIAL_TWINS = {
-    "speclenet": "lenet5",
-    "specalexnet": "alexnet_cifar",
-    "specvgg16": "vgg16_cifar",
-    "specdensenet": "densenet_cifar",
-}
+SPATIAL_TWINS = {spectral: spatial for spectral, spatial, _ in SPECNET_PAIRS}
+
+
+class UnknownModelError(ValueError, RuntimeError):
+    """No architecture of that name (a RuntimeError too, as timm raises for unknown names)."""
 
 
 def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """``timm.create_model`` for any timm or specnet-zoo name; unknown names list close matches."""
     name = model_name.split(":", 1)[-1].split(".", 1)[0]
     if ":" not in model_name and not timm.is_model(name):
-        close = difflib.get_close_matches(name, specnet_model_names() + timm.list_models(), n=5, cutoff=0.6)
+        candidates = list(dict.fromkeys(specnet_model_names() + timm.list_models()))  # ours are in timm's list too
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise RuntimeError(f"Unknown model ({model_name}){hint} specnet_zoo.list_models() lists specnet-zoo's models")
+        raise UnknownModelError(f"Unknown model ({model_name}){hint} specnet_zoo.list_models() lists specnet-zoo's models")
     return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 

@@ -167,17 +167,25 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("fit", "validate", "test", "predict"):
         from .training.cli import run
 
-        return run(argv)
+        # From the shell, LightningCLI reads sys.argv itself (passing it again as args makes Lightning warn).
+        return run(None if sys.argv[1:] == argv else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    import torch
+
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, TypeError) as error:  # bad arguments or missing data: one line says it
         print(f"specnet-zoo: error: {error}", file=sys.stderr)
         return 1
+    except torch.OutOfMemoryError as error:
+        print(f"specnet-zoo: error: out of memory ({type(error).__name__}): {error}\n"
+              "try a smaller --batch-size, --storage int8 or a sparser --density", file=sys.stderr)
+        return 1
+    # Any other error (a bug, a failing kernel) propagates with its traceback and cause.
 
 
 if __name__ == "__main__":

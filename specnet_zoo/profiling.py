@@ -303,7 +303,7 @@ def _checkpointed(modules: Sequence[nn.Module], recorder_ref: list):
     try:
         yield
     finally:
-        for module, forward in originals:
+        for module, _ in originals:
             del module.forward  # back to the class's forward
 
 

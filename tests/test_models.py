@@ -9,14 +9,16 @@ import torch
 from safetensors.torch import save_file
 
 import specnet_zoo
+from specnet_zoo.constants import SPECNET_PAIRS
 from specnet_zoo.layers import despectralize
 from specnet_zoo.models import specnet_model_names
 
 NAMES = specnet_model_names()
-SPECNET = ["speclenet", "specalexnet", "specvgg16", "specdensenet"]
-TWINS_EQUAL = [("lenet5", "speclenet"), ("alexnet_cifar", "specalexnet"), ("densenet_cifar", "specdensenet"),
-               ("rippel_generic", "specparam_generic"), ("rippel_deep", "specparam_deep"),
-               ("specpool_cifar", "specparam_specpool_cifar")]
+SPECNET = [spectral for spectral, _, _ in SPECNET_PAIRS]
+# specvgg16 has one BatchNorm per stage instead of one per convolution (test below)
+TWINS_EQUAL = [(spatial, spectral) for spectral, spatial, _ in SPECNET_PAIRS if spectral != "specvgg16"] + [
+    ("rippel_generic", "specparam_generic"), ("rippel_deep", "specparam_deep"),
+    ("specpool_cifar", "specparam_specpool_cifar")]
 
 
 def _input(model, batch=2, size=None):
@@ -52,7 +54,8 @@ def test_head_interface(name):
     with torch.no_grad():
         features = model.forward_features(x)
         pre = model.forward_head(features, pre_logits=True)
-        assert pre.shape == (2, model.num_features)
+        assert features.shape[1] == model.num_features  # timm: channels of forward_features
+        assert pre.shape == (2, model.head_hidden_size)  # timm: width of the pre-logits features
         assert isinstance(model.get_classifier(), torch.nn.Linear)
         model.reset_classifier(0)
         torch.testing.assert_close(model(x), pre)
@@ -187,3 +190,127 @@ def test_models_command_and_readme_table_are_generated():
     assert "14,990,922" in out  # vgg16_cifar's parameter count
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert specnet_zoo.model_table(markdown=True) in readme, "README table is stale: python scripts/update_readme.py"
+
+
+def test_unknown_name_suggestions_are_not_repeated():
+    with pytest.raises(specnet_zoo.UnknownModelError) as info:
+        specnet_zoo.create_model("specvgg1")
+    suggestions = str(info.value).split("did you mean ")[1].split("?")[0].split(", ")
+    assert "specvgg16" in suggestions and len(suggestions) == len(set(suggestions))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients(name):
+    torch.manual_seed(0)
+    model = specnet_zoo.create_model(name).train()
+    x = _input(model)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        torch.manual_seed(1)  # frequency dropout draws the same resolutions in both runs
+        out = model(x)
+        out.square().mean().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = grads
+    torch.testing.assert_close(out_b, out_a, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_group_matcher_covers_every_parameter(name):
+    from timm.models import group_parameters
+
+    model = specnet_zoo.create_model(name)
+    groups = group_parameters(model, model.group_matcher())
+    names = [n for group in groups.values() for n in group]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert any(n.startswith("stages.0.") for n in groups[0])  # the stem group comes first
+
+
+@pytest.mark.parametrize("name", ["specparam_generic", "specparam_deep", "specparam_specpool_cifar"])
+def test_timm_cfg_checks_of_parametrized_models(name):
+    """timm's test_model_default_cfgs without its first_conv key check, which cannot hold for these models."""
+    model = specnet_zoo.create_model(name).eval()
+    cfg = model.pretrained_cfg
+    x = torch.randn(1, *cfg["input_size"])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre = model.forward_head(features, pre_logits=True)
+        assert tuple(features.shape[-2:]) == cfg["pool_size"] and features.shape[1] == model.num_features
+        assert pre.shape[1] == model.head_hidden_size
+        model.reset_classifier(0)
+        assert model(x).shape == pre.shape
+        model.reset_classifier(0, "")
+        assert model(x).shape == features.shape
+        unpooled = specnet_zoo.create_model(name, num_classes=0, global_pool="").eval()
+        assert unpooled(x).shape == features.shape
+    assert cfg["classifier"] + ".weight" in model.state_dict() or model.num_classes == 0
+    first = dict(model.named_modules())[cfg["first_conv"]]
+    assert isinstance(first, torch.nn.Conv2d) and first.in_channels == cfg["input_size"][0]
+
+
+def test_global_pool_is_checked():
+    with pytest.raises(ValueError, match="global_pool must be 'avg' or ''"):
+        specnet_zoo.create_model("lenet5", global_pool="max")
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        specnet_zoo.create_model("lenet5", global_pool="")
+
+
+def test_timm_test_exclusions_name_real_models_and_tests():
+    suite = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "timm" / "test_models.py"
+    exclusions = specnet_zoo.models.timm_test_exclusions()
+    assert set(exclusions) <= set(NAMES)
+    tests = {test for by_test in exclusions.values() for test in by_test}
+    assert tests <= {"test_model_forward_features", "test_model_default_cfgs", "test_model_forward_torchscript",
+                     "test_model_forward_fx_torchscript"}
+    assert all(len(reason) > 40 for by_test in exclusions.values() for reason in by_test.values())
+    if suite.exists():
+        text = suite.read_text()
+        assert all(f"def {test}(" in text for test in tests)
+    # Spatial twins script: only the SpecNet/Rippel spectral models are excluded from TorchScript.
+    scripted = {m for m, by_test in exclusions.items() if "test_model_forward_torchscript" in by_test}
+    assert not scripted & {"lenet5", "alexnet_cifar", "vgg16_cifar", "rippel_generic", "rippel_deep"}
+
+
+@pytest.mark.parametrize("name", ["lenet5", "alexnet_cifar", "vgg16_cifar", "rippel_deep"])
+def test_spatial_models_script_and_match_eager(name):
+    with timm.set_scriptable(True):
+        model = specnet_zoo.create_model(name).eval()
+    scripted = torch.jit.script(model)
+    x = _input(model)
+    torch.testing.assert_close(scripted(x), model(x))
+    with pytest.raises(torch.jit.Error, match="input channels"):
+        scripted(torch.randn(1, model.in_chans + 1, 32, 32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fx_feature_extraction_traces_every_model(name):
+    from timm.models import create_feature_extractor, get_graph_node_names
+
+    model = specnet_zoo.create_model(name).eval()
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    extractor = create_feature_extractor(model, return_nodes={eval_nodes[-1]: "out"})
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(x)["out"], model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_input_dtype_is_a_type_error(name):
+    model = specnet_zoo.create_model(name)
+    x = _input(model)
+    for dtype in (torch.float16, torch.float64, torch.int64):
+        with pytest.raises(TypeError, match=f"expects torch.float32 input .* got {dtype}"):
+            model(x.to(dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_batch_gives_an_empty_output(name):
+    model = specnet_zoo.create_model(name).train()
+    c, h, w = model.pretrained_cfg["input_size"]
+    out = model(torch.randn(0, c, h, w))
+    assert out.shape == (0, model.num_classes)
+    out.sum().backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())

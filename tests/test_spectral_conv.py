@@ -152,9 +152,9 @@ def test_errors_are_specific():
     with pytest.raises(ValueError, match="'same'"):
         SpectralConv2d(3, 4, 3, padding=0)
     SpectralConv2d(3, 4, 3, padding=1)  # the integer equivalent of 'same' is accepted
-    with pytest.raises(ValueError, match="threshold must be >= 0"):
+    with pytest.raises(ValueError, match="threshold must be finite and >= 0"):
         SpectralConv2d(3, 4, 3, threshold=-0.1)
-    with pytest.raises(ValueError, match="threshold must be >= 0"):
+    with pytest.raises(ValueError, match="threshold must be finite and >= 0"):
         SpectralBlock(3, [4], threshold=-1.0)
     with pytest.raises(ValueError, match="unknown spectral activation"):
         SpectralBlock(3, [4], activation="relu")

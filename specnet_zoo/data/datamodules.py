@@ -12,6 +12,7 @@ exactly the batches it had not seen.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +23,18 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from ..constants import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    SVHN_MEAN,
+    SVHN_STD,
+)
 from .sources import (
     DataNotFoundError,
     TensorImageDataset,
@@ -43,7 +56,6 @@ __all__ = [
     "SVHNDataModule",
 ]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class EpochSampler(DistributedSampler):
@@ -178,7 +190,7 @@ class MNISTDataModule(ImageDataModule):
     """MNIST from the four idx files (``.gz`` or not) in ``data_dir`` or ``data_dir/MNIST/raw``; 1x28x28."""
 
     num_classes, in_chans = 10, 1
-    mean, std = (0.1307,), (0.3081,)
+    mean, std = MNIST_MEAN, MNIST_STD
 
     def _load(self, train_transform, eval_transform):
         try:
@@ -215,6 +227,17 @@ class _CIFARDataModule(ImageDataModule):
         augment = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if self.augment else []
         return v2.Compose(augment + _normalize(self.mean, self.std))
 
+    def extraction_dir(self) -> Path:
+        """Where ``data_dir``'s archives are extracted: keyed by a hash of the resolved source path, so two
+        different folders (both called ``cifar10``, say) never share a cache."""
+        source = self.data_dir.resolve()
+        digest = hashlib.sha256(str(source).encode()).hexdigest()[:16]
+        return self.cache_dir / f"{type(self).__name__}-{source.name}-{digest}"
+
+    def prepare_data(self) -> None:
+        # Lightning runs this once per node before setup(): archives are extracted here, not by every rank.
+        self._find_source()
+
     def _find_source(self) -> tuple[str, Path]:
         root = self.data_dir
         for candidate in (root / self.batches_folder, root):
@@ -224,7 +247,7 @@ class _CIFARDataModule(ImageDataModule):
             return "folder", root
         archives = sorted(root.glob("*.tar.gz")) if root.is_dir() else []
         if archives:
-            return "folder", extract_image_folder(archives, self.cache_dir / f"{type(self).__name__}-{root.resolve().name}")
+            return "folder", extract_image_folder(archives, self.extraction_dir())
         if self.download:
             download_with_timeout(lambda: self.tv_dataset(str(root), download=True), type(self).__name__,
                                   f"put {self.batches_folder}/ in {root}")
@@ -250,21 +273,21 @@ class CIFAR10DataModule(_CIFARDataModule):
     """CIFAR-10 (3x32x32, 10 classes); see :class:`_CIFARDataModule` for the accepted layouts."""
 
     num_classes, batches_folder, tv_dataset = 10, "cifar-10-batches-py", datasets.CIFAR10
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    mean, std = CIFAR10_MEAN, CIFAR10_STD
 
 
 class CIFAR100DataModule(_CIFARDataModule):
     """CIFAR-100 (3x32x32, 100 fine classes); see :class:`_CIFARDataModule` for the accepted layouts."""
 
     num_classes, batches_folder, tv_dataset = 100, "cifar-100-python", datasets.CIFAR100
-    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    mean, std = CIFAR100_MEAN, CIFAR100_STD
 
 
 class SVHNDataModule(ImageDataModule):
     """SVHN from torchvision's ``train_32x32.mat`` / ``test_32x32.mat`` in ``data_dir``; no augmentation."""
 
     num_classes = 10
-    mean, std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+    mean, std = SVHN_MEAN, SVHN_STD
 
     def _load(self, train_transform, eval_transform):
         paths = {split: self.data_dir / f"{split}_32x32.mat" for split in ("train", "test")}

@@ -1,16 +1,19 @@
 """Readers for the on-disk formats of the supported datasets (offline first, real downloads second).
 
 Every reader returns an in-memory dataset of uint8 images or an ``ImageFolder``. CIFAR's python
-batches are pickles by format; they are read with an unpickler that admits only numpy arrays. Missing data gives a :class:`DataNotFoundError` naming the files and where they go.
+batches are pickles by format; they are read with an unpickler that admits only numpy arrays.
+Missing data gives a :class:`DataNotFoundError` naming the files and where they go.
 """
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
 import socket
 import struct
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -133,25 +136,49 @@ def read_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def extract_image_folder(archives: list[Path], cache_dir: Path) -> Path:
-    """Extract ``train/<class>/...`` and ``test/<class>/...`` tar.gz archives once into ``cache_dir``."""
+    """Extract ``train/<class>/...`` and ``test/<class>/...`` tar.gz archives once into ``cache_dir``.
+
+    Safe under concurrency (DDP ranks, two runs sharing a cache): every caller extracts into its own
+    unique temporary folder beside ``cache_dir`` and publishes it with one atomic ``os.replace``; a
+    caller that finds the folder already published discards its copy. A ``cache_dir`` left without
+    its ``.extracted`` marker (an interrupted run of an older version) is replaced.
+    """
     marker = cache_dir / ".extracted"
     if marker.exists():
         return cache_dir
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir.with_name(cache_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for archive in archives:
-        with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
-            for member in members:
-                if member.name.startswith("/") or ".." in Path(member.name).parts:
-                    raise ValueError(f"{archive} contains an unsafe path {member.name!r}")
-            tar.extractall(partial, members=members)
-    for child in partial.iterdir():
-        shutil.move(str(child), cache_dir / child.name)
-    partial.rmdir()
-    marker.touch()
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", suffix=".partial", dir=cache_dir.parent))
+    try:
+        for archive in archives:
+            with tarfile.open(archive) as tar:
+                members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+                for member in members:
+                    if member.name.startswith("/") or ".." in Path(member.name).parts:
+                        raise ValueError(f"{archive} contains an unsafe path {member.name!r}")
+                tar.extractall(work, members=members)
+        (work / ".extracted").touch()
+        _publish(work, cache_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return cache_dir
+
+
+def _publish(work: Path, target: Path) -> None:
+    """``os.replace(work, target)`` unless another process published ``target`` first."""
+    for _ in range(3):
+        try:
+            os.replace(work, target)  # atomic; allowed onto a missing or empty folder
+            return
+        except OSError:
+            if (target / ".extracted").exists():
+                return  # another process won the race: its copy is complete, ours is discarded
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stale", dir=target.parent))
+            try:
+                os.replace(target, stale)  # an incomplete folder without marker: move it aside and retry
+            except OSError:
+                pass
+            shutil.rmtree(stale, ignore_errors=True)
+    raise OSError(f"could not publish the extracted data to {target}; remove that folder and retry")
 
 
 def download_with_timeout(fn: Callable[[], object], what: str, hint: str, timeout: float = 10.0):

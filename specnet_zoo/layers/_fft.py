@@ -6,16 +6,20 @@ spectrum of shape (H, W // 2 + 1) holding the non-redundant half; rows are in FF
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 _FFT_DTYPES = (torch.float32, torch.float64)
 
 
-def check_map(x: torch.Tensor, name: str, channels: int | None = None) -> None:
-    """Raise a clear error unless ``x`` is a real (N, C, H, W) tensor (with ``channels`` channels)."""
+def check_map(x: torch.Tensor, name: str, channels: int | None = None, dtype: torch.dtype | None = None) -> None:
+    """Raise a clear error unless ``x`` is a real (N, C, H, W) tensor (with ``channels`` channels).
+
+    ``dtype``: the layer's parameter dtype, which ``x`` must have outside autocast (``TypeError``).
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -24,6 +28,29 @@ def check_map(x: torch.Tensor, name: str, channels: int | None = None) -> None:
         raise TypeError(f"{name} expects a real floating-point tensor, got dtype {x.dtype}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} expects {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} expects {dtype} input (the dtype of its weights), got {x.dtype}; cast the input or "
+                        "the layer, or run under torch.autocast")
+
+
+def constant_cache(maxsize: int) -> Callable:
+    """``functools.lru_cache`` for functions that build constant tensors (tap phases, resize matrices).
+
+    The tensors are built with inference mode and autograd off: a constant first needed inside
+    ``torch.inference_mode()`` (e.g. ``trainer.validate`` before ``fit``) must not become an
+    inference tensor, which later training could not save for backward.
+    """
+
+    def decorate(build: Callable) -> Callable:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args):
+            with torch.inference_mode(False), torch.no_grad():
+                return build(*args)
+
+        return cached
+
+    return decorate
 
 
 def fft_dtype(x: torch.Tensor) -> torch.dtype:

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ._fft import constant_cache
+
 __all__ = [
     "STORAGES",
     "PackedSpectrum",
@@ -45,13 +47,11 @@ __all__ = [
 ]
 
 STORAGES = ("compact", "float16", "int8", "dense")
-_BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
 
+@constant_cache(maxsize=16)
 def _bit_weights(device: torch.device) -> torch.Tensor:
-    if device not in _BIT_WEIGHTS:
-        _BIT_WEIGHTS[device] = (2 ** torch.arange(8, device=device)).to(torch.uint8)
-    return _BIT_WEIGHTS[device]
+    return (2 ** torch.arange(8, device=device)).to(torch.uint8)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ class FrequencyDropout(nn.Module):
         return keep[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .spectral_pool import spectral_resize2d  # the resize module imports this one
+        # imported here: spectral_pool imports this module
+        from .spectral_pool import spectral_resize2d
 
         check_map(x, type(self).__name__)
         if not self.training:

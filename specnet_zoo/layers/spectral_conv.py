@@ -11,16 +11,31 @@ then one real batched matmul per frequency whose operands are free views of the 
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ._fft import check_map, fft_dtype, fft_precision, hermitian_repair, padded_rfft2, rfft2_adjoint
-from .compact import STORAGES, CompactChain, PackedSpectrum, Replay, mix_channels_backward, split_tanh_backward
+from ._fft import (
+    check_map,
+    constant_cache,
+    fft_dtype,
+    fft_precision,
+    hermitian_repair,
+    padded_rfft2,
+    rfft2_adjoint,
+)
+from .compact import (
+    STORAGES,
+    CompactChain,
+    PackedSpectrum,
+    Replay,
+    mix_channels_backward,
+    split_tanh_backward,
+)
 from .split_tanh import SplitTanh
 
 __all__ = [
@@ -44,7 +59,7 @@ def fast_fft_size(n: int) -> int:
         m += 1
 
 
-@functools.lru_cache(maxsize=128)
+@constant_cache(maxsize=128)
 def _tap_phases(
     kernel_size: tuple[int, int], dilation: tuple[int, int], fft_size: tuple[int, int], dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -165,9 +180,14 @@ def mix_with_weight_backward(
 
 def check_sparsity(name: str, threshold: float, density: float | None, storage: str) -> None:
     """Reject meaningless SpecNet sparsity settings with the reason."""
-    if threshold < 0:
-        raise ValueError(f"{name} threshold must be >= 0 (it zeroes entries with |Y| < threshold), got {threshold}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"{name} threshold must be a real number (SpecNet's beta), got {type(threshold).__name__}")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"{name} threshold must be finite and >= 0 (it zeroes entries with |Y| < threshold; inf would "
+                         f"zero every spectrum and nan none), got {threshold}")
     if density is not None:
+        if isinstance(density, bool) or not isinstance(density, (int, float)):
+            raise TypeError(f"{name} density must be a number in (0, 1] or None, got {type(density).__name__}")
         if threshold > 0:
             raise ValueError(f"{name}: set either threshold (absolute beta) or density (kept fraction), not both "
                              f"(got threshold={threshold}, density={density})")
@@ -237,7 +257,13 @@ class SpectralConv2d(nn.Conv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         name = type(self).__name__
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} {arg} must be a positive int, got {value!r}")
         k, d = _pair(kernel_size), _pair(dilation)
+        for arg, pair in (("kernel_size", k), ("dilation", d)):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+                raise ValueError(f"{name} {arg} must be a positive int or a pair of them, got {pair!r}")
         if _pair(stride) != (1, 1):
             raise ValueError(f"{name} supports stride 1 only, got stride={stride}; pool after the spectral block instead")
         if groups != 1:
@@ -443,6 +469,19 @@ class SpectralChain:
             return False
         return any(t.requires_grad for t in (*inputs, *self.params()))
 
+    def forward_empty(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """An empty batch: FFT libraries reject zero-size transforms, and there is nothing to transform.
+
+        The spatial convolutions give the same (0, C_out, H, W) output, with every parameter in the graph
+        (their gradients are zero, as the spectral block's would be).
+        """
+        x = self.prologue.run(*inputs) if self.prologue is not None else inputs[0]
+        self.check_input(x)
+        for conv in self.convs:
+            x = F.conv2d(x.to(conv.weight.dtype), conv.weight, conv.bias, padding="same", dilation=conv.dilation)
+        y = x.to(self.x_like[0])
+        return self.epilogue.run(y) if self.epilogue is not None else y
+
     # dense path: plain autograd
     def forward_dense(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.prologue.run(*inputs) if self.prologue is not None else inputs[0]
@@ -598,6 +637,8 @@ def spectral_conv_chain(
     if len(sizes) > 1:
         raise ValueError(f"{name}: prologue inputs must share batch and spatial size (N, H, W), got {sorted(sizes)}")
     chain = SpectralChain(convs, tuple(inputs[0].shape[-2:]), prologue, epilogue)
+    if inputs[0].shape[0] == 0:
+        return chain.forward_empty(inputs)
     if not chain.compact_ok(inputs):
         return chain.forward_dense(inputs)
     return CompactChain.apply(chain, len(inputs), *inputs, *chain.params())

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torch.nn.utils import parametrize
 
+from ._fft import check_map
 from .spectral_conv import SpectralConv2d
 
 __all__ = [
@@ -104,6 +105,10 @@ class SpectralParamConv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         parametrize.register_parametrization(self, "weight", SpectralKernel(self.kernel_size, self.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_map(x, type(self).__name__, channels=self.in_channels, dtype=self.parametrizations.weight.original.dtype)
+        return super().forward(x)
 
 
 def is_spectrally_parametrized(module: nn.Module) -> bool:

@@ -20,20 +20,27 @@ use the FFT path. Frequency dropout's kept square is separable too (a band limit
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ._fft import check_map, fft_dtype, fft_precision, output_like
+from ._fft import check_map, constant_cache, fft_dtype, fft_precision, output_like
 from .frequency_dropout import FrequencyDropout
 
-__all__ = ["SpectralPool2d", "spectral_pool2d", "spectral_resize2d", "resize_matrix"]
+__all__ = ["SpectralPool2d", "pooled_size", "spectral_pool2d", "spectral_resize2d", "resize_matrix"]
 
 MATMUL_MAX_SIZE = 256
 _METHODS = ("auto", "fft", "matmul")
+
+
+def pooled_size(n: int, scale_factor: float) -> int:
+    """Rippel eq. 5's pooled size ``max(1, floor(gamma * n))`` for one dimension.
+
+    The epsilon keeps e.g. 0.85 * 20 = 16.999999999999996 from flooring to 16.
+    """
+    return max(1, math.floor(scale_factor * n + 1e-9))
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -142,7 +149,7 @@ class _SpectralResize(torch.autograd.Function):
         return torch.fft.irfft2(spectrum, s=ctx.size_in, norm="forward") * scale, None, None
 
 
-@functools.lru_cache(maxsize=1024)
+@constant_cache(maxsize=1024)
 def _resize_matrix_cached(
     n_in: int, n_out: int, band: int | None, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -201,6 +208,8 @@ def spectral_resize2d(
         resolution = frequency_dropout.sample_resolution(size_out, x.shape[0])
     height, width = x.shape[-2:]
     use_matmul = method == "matmul" or (method == "auto" and max(height, width) <= MATMUL_MAX_SIZE)
+    if x.numel() == 0:  # FFT libraries reject empty transforms; the matmuls give the same empty map
+        use_matmul, resolution = True, None
     with fft_precision(x):
         data = x.to(fft_dtype(x))
         if use_matmul:
@@ -288,8 +297,7 @@ class SpectralPool2d(nn.Module):
         """The pooled (h, w) for an input of spatial ``size``."""
         if self.output_size is not None:
             return self.output_size
-        # the epsilon keeps e.g. 0.85 * 20 = 16.999999999999996 from flooring to 16
-        return tuple(max(1, math.floor(self.scale_factor * n + 1e-9)) for n in size)  # type: ignore[return-value]
+        return pooled_size(size[0], self.scale_factor), pooled_size(size[1], self.scale_factor)
 
     def extra_repr(self) -> str:
         if self.output_size is not None:

@@ -7,11 +7,12 @@ from . import alexnet  # noqa: F401
 from . import vgg_cifar  # noqa: F401
 from . import densenet_cifar  # noqa: F401
 from . import rippel  # noqa: F401
-from ._base import StagedClassifier, specnet_model_names
+from ._base import StagedClassifier, specnet_model_names, timm_test_exclusions
 from .alexnet import AlexNetCifar
 from .densenet_cifar import DenseNetCifar
 from .lenet import LeNet
 from .rippel import RippelNet
 from .vgg_cifar import VggCifar
 
-__all__ = ["AlexNetCifar", "DenseNetCifar", "LeNet", "RippelNet", "StagedClassifier", "VggCifar", "specnet_model_names"]
+__all__ = ["AlexNetCifar", "DenseNetCifar", "LeNet", "RippelNet", "StagedClassifier", "VggCifar", "specnet_model_names",
+           "timm_test_exclusions"]

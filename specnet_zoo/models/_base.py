@@ -4,26 +4,42 @@ A model is ``stages`` (an ``nn.Sequential``; each stage's output is one ``featur
 by ``head`` (pool -> flatten -> optional MLP "pre-logits" -> ``fc``). Spectral and spatial twins
 differ only in how their stages are built, so their heads, parameter names and interfaces match.
 """
-from __future__ import annotations
-
-from typing import Callable, Sequence
+# No ``from __future__ import annotations``: FX writes the forward annotations into traced code, and
+# TorchScript then needs real types, not strings.
+from typing import Any, Sequence
 
 import timm.models
 import torch
+from timm.models import (
+    checkpoint_seq,
+    register_notrace_function,
+    register_notrace_module,
+)
 from torch import nn
 
-from ..layers import SpectralBlock, spectral_conv_chain
+from ..constants import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
+from ..layers import (
+    FrequencyDropout,
+    SpectralBlock,
+    SpectralConv2d,
+    SpectralPool2d,
+    spectral_conv_chain,
+)
 from ..layers.compact import NormPool, can_replay
 
-__all__ = ["ClassifierHead", "ConvStage", "SpectralStage", "StagedClassifier", "register_model", "specnet_model_names"]
+__all__ = ["ClassifierHead", "ConvStage", "SpectralStage", "StagedClassifier", "check_image_input", "check_input_dtype",
+           "exclude_from_timm_tests", "pool_output_size", "register_model", "specnet_model_names", "timm_test_exclusions"]
 
 _MODEL_NAMES: list[str] = []
+_TIMM_TEST_EXCLUSIONS: dict[str, dict[str, str]] = {}
 
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# FX tracing (timm's feature extraction, torchvision's create_feature_extractor) keeps these as leaves: their
+# forward runs Python logic on shapes and a custom autograd Function, neither of which symbolic tracing follows.
+for _leaf in (SpectralConv2d, SpectralBlock, SpectralPool2d, FrequencyDropout):
+    register_notrace_module(_leaf)
 
 
-def register_model(fn: Callable) -> Callable:
+def register_model(fn):
     """timm's ``register_model`` that also records the name as a specnet-zoo model."""
     fn = timm.models.register_model(fn)
     if fn.__name__ not in _MODEL_NAMES:
@@ -36,12 +52,39 @@ def specnet_model_names() -> list[str]:
     return list(_MODEL_NAMES)
 
 
+def exclude_from_timm_tests(models: Sequence[str], tests: Sequence[str], reason: str) -> None:
+    """Record that checks of timm's model test suite cannot apply to ``models``, and why.
+
+    Declared next to the models they concern; ``scripts/timm_conformance.py`` deselects exactly these
+    (model, test) cases when it runs timm's suite (``../shared/conformance/timm``).
+    """
+    for model in models:
+        for test in tests:
+            _TIMM_TEST_EXCLUSIONS.setdefault(model, {})[test] = reason
+
+
+def timm_test_exclusions() -> dict[str, dict[str, str]]:
+    """{model: {timm test function: reason}} for every declared exclusion."""
+    return {model: dict(tests) for model, tests in _TIMM_TEST_EXCLUSIONS.items()}
+
+
+# Why SpecNet blocks cannot be compiled by TorchScript (declared for each SpecNet model).
+SPECNET_NO_TORCHSCRIPT = (
+    "SpecNet blocks run a custom torch.autograd.Function (CompactChain, which decides what backward keeps) driven "
+    "by a Python SpectralChain object; TorchScript compiles neither (and torch 2.14 deprecates torch.jit.script "
+    "in favour of torch.compile / torch.export)"
+)
+
+
 def cfg(**kwargs) -> dict:
-    """A pretrained cfg for 32x32 CIFAR-style models; override per model."""
+    """A pretrained cfg for 32x32 CIFAR-style models; override per model.
+
+    ``pool_size`` is the spatial size of ``forward_features`` at ``input_size`` (timm's convention).
+    """
     return {
         "num_classes": 10,
         "input_size": (3, 32, 32),
-        "pool_size": None,
+        "pool_size": (1, 1),
         "crop_pct": 1.0,
         "interpolation": "bilinear",
         "mean": CIFAR10_MEAN,
@@ -51,6 +94,9 @@ def cfg(**kwargs) -> dict:
         "license": "apache-2.0",
         **kwargs,
     }
+
+
+MNIST_CFG = dict(num_classes=10, input_size=(1, 28, 28), mean=MNIST_MEAN, std=MNIST_STD)
 
 
 def layer_density(density):
@@ -77,6 +123,44 @@ def check_spectral_kwargs(
         )
 
 
+def pool_output_size(pool: nn.Module, n: int) -> int:
+    """Spatial size after ``pool`` (identity, max or average pooling) for an input of size ``n``."""
+    if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
+        k, s, p = (v if isinstance(v, int) else v[0] for v in (pool.kernel_size, pool.stride, pool.padding))
+        return (n + 2 * p - k) // s + 1
+    if isinstance(pool, nn.Identity):
+        return n
+    raise TypeError(f"no output-size rule for pooling module {type(pool).__name__}")
+
+
+@register_notrace_function  # FX: shape checks branch on concrete sizes, so the tracer records one call instead
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> torch.Tensor:
+    """Return ``x`` after checking it is a (N, in_chans, H, W) map with H, W >= ``min_size`` (else ``ValueError``)."""
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects (N, C, H, W) input, got a {x.dim()}-D tensor of shape {list(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name} expects {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)})")
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(f"{name} needs inputs of at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}")
+    return x
+
+
+@register_notrace_function
+def check_input_dtype(x: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """Return ``x`` unless its dtype differs from the model's ``dtype`` outside autocast (``TypeError``).
+
+    torch would otherwise fail deep inside the first convolution ("Input type ... and bias type ...").
+    """
+    if torch.jit.is_scripting():
+        autocast = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    else:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    if x.dtype != dtype and not (x.is_floating_point() and autocast):
+        raise TypeError(f"{name} expects {dtype} input (the dtype of its parameters), got {x.dtype}; "
+                        "cast the input or the model, or run under torch.autocast")
+    return x
+
+
 class ConvStage(nn.Module):
     """Spatial stage: [Conv2d('same') -> (BatchNorm) -> ReLU] per width, then ``pool``.
 
@@ -90,7 +174,6 @@ class ConvStage(nn.Module):
         kernel_size: int = 3,
         norm: bool = False,
         pool: nn.Module | None = None,
-        pool_out: Callable[[int], int] = lambda n: n,
     ) -> None:
         super().__init__()
         chans = [in_chs, *widths]
@@ -99,7 +182,9 @@ class ConvStage(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.pool = pool if pool is not None else nn.Identity()
         self.min_size = 1
-        self.out_size = pool_out
+
+    def out_size(self, n: int) -> int:
+        return pool_output_size(self.pool, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv, norm in zip(self.convs, self.norms):
@@ -125,7 +210,6 @@ class SpectralStage(nn.Module):
         activation: str | nn.Module | None = "split_tanh",
         norm: bool = False,
         pool: nn.Module | None = None,
-        pool_out: Callable[[int], int] = lambda n: n,
         allow_small_input: bool = False,
         density: float | None = None,
         storage: str = "compact",
@@ -137,7 +221,9 @@ class SpectralStage(nn.Module):
         self.norm = nn.BatchNorm2d(widths[-1]) if norm else nn.Identity()
         self.pool = pool if pool is not None else nn.Identity()
         self.min_size = 1 if allow_small_input else kernel_size
-        self.out_size = pool_out
+
+    def out_size(self, n: int) -> int:
+        return pool_output_size(self.pool, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # BatchNorm and pooling are replayed in backward from the block's packed spectra, so neither the
@@ -147,11 +233,19 @@ class SpectralStage(nn.Module):
         return self.pool(self.norm(spectral_conv_chain(x, list(self.convs))))
 
 
+register_notrace_module(SpectralStage)
+
+_GLOBAL_POOLS = ("avg", "")
+
+
 class ClassifierHead(nn.Module):
     """Adaptive average pool to ``pool_size`` -> flatten -> [Linear -> ReLU -> Dropout]* -> (Dropout) -> ``fc``.
 
     ``pool_size`` equals the last map size at the default input, so the pool is the identity there and
-    lets other input sizes reach the same fully connected layers.
+    lets other input sizes reach the same fully connected layers. ``global_pool=""`` (with
+    ``num_classes=0``) returns the unpooled (N, C, H, W) features, as timm heads do.
+
+    ``num_features`` is the input channel count, ``hidden_size`` the width of the pre-logits features.
     """
 
     def __init__(
@@ -161,6 +255,7 @@ class ClassifierHead(nn.Module):
         pool_size: int = 1,
         hidden: Sequence[int] = (),
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
@@ -172,13 +267,27 @@ class ClassifierHead(nn.Module):
             width = size
         self.pre_logits = nn.Sequential(*layers)
         self.drop = nn.Dropout(drop_rate) if not hidden and drop_rate > 0 else nn.Identity()
-        self.num_features = width
-        self.fc = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_features = in_chs
+        self.hidden_size = width
+        self.use_pool = True
+        self.fc: nn.Module = nn.Identity()
+        self.reset(num_classes, global_pool)
 
-    def reset(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in _GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+            self.use_pool = global_pool == "avg"
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if not self.use_pool and num_classes > 0:
+            raise ValueError("global_pool='' returns unpooled features and needs num_classes=0, "
+                             f"got num_classes={num_classes}")
+        self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.use_pool:
+            return x
         x = self.pre_logits(self.flatten(self.pool(x)))
         return x if pre_logits else self.fc(self.drop(x))
 
@@ -187,25 +296,25 @@ class StagedClassifier(nn.Module):
     """timm model interface over ``stages`` + ``head``.
 
     Subclasses build ``self.stages`` (each stage with ``min_size`` and ``out_size(n)``) and call
-    :meth:`_finish` with the head. Provides ``num_features``, ``feature_info``, ``forward_features``,
-    ``forward_head(x, pre_logits=False)``, ``get_classifier``, ``reset_classifier`` and a clear error
-    for inputs smaller than the architecture allows.
+    :meth:`_finish` with the head. Provides ``num_features`` (channels of ``forward_features``),
+    ``head_hidden_size`` (width of the pre-logits features), ``feature_info``, ``forward_features``,
+    ``forward_head(x, pre_logits=False)``, ``get_classifier``, ``reset_classifier``,
+    ``set_grad_checkpointing``, ``group_matcher`` and a clear error for inputs the architecture cannot take.
     """
 
-    stages: nn.Sequential
-    head: ClassifierHead
-
-    def _finish(self, head: ClassifierHead, reductions: Sequence[int], in_chans: int, num_classes: int) -> None:
+    def _finish(self, head: ClassifierHead, reductions: Sequence[float], in_chans: int, num_classes: int) -> None:
         self.head = head
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = head.num_features
-        self.head_hidden_size = head.num_features
-        self.feature_info = [
+        self.head_hidden_size = head.hidden_size
+        self.grad_checkpointing = False
+        self.feature_info: list[dict[str, Any]] = [
             dict(num_chs=_stage_channels(stage), reduction=r, module=f"stages.{i}")
             for i, (stage, r) in enumerate(zip(self.stages, reductions))
         ]
         self.min_input_size = self._min_input_size()
+        self.model_name = type(self).__name__
 
     def _min_input_size(self) -> int:
         for n in range(1, 4097):
@@ -220,28 +329,31 @@ class StagedClassifier(nn.Module):
                 return n
         raise RuntimeError(f"{type(self).__name__} accepts no input up to 4096 pixels")
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects (N, C, H, W) input, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{type(self).__name__} expects {self.in_chans} input channels, got {x.shape[1]}")
-        if min(x.shape[-2:]) < self.min_input_size:
-            raise ValueError(
-                f"{type(self).__name__} needs inputs of at least {self.min_input_size}x{self.min_input_size} "
-                f"pixels, got {x.shape[-2]}x{x.shape[-1]}"
-            )
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay: stage 0 is the stem, then one group per stage."""
+        return dict(stem=r"^stages\.0\.", blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.", None)])
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in backward instead of keeping its activations (timm's ``checkpoint_seq``)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"only average pooling heads are supported, got global_pool={global_pool!r}")
+        """New ``num_classes`` (0 removes the classifier); ``global_pool`` 'avg' or '' (unpooled features)."""
+        self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
-        self.head.reset(num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        x = check_image_input(x, self.in_chans, self.min_input_size, self.model_name)
+        if not torch.jit.is_scripting():
+            x = check_input_dtype(x, next(self.parameters()).dtype, self.model_name)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -11,7 +11,6 @@ size; the error is ``||x - x_rec||_2 / ||x||_2``, averaged over the images.
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import spectral_pool2d, spectral_resize2d
+from ..layers.spectral_pool import pooled_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_SCALES = tuple(round(0.03 * (1 / 0.03) ** (i / 29), 4) for i in range(30))  # log-spaced 0.03 .. 1
@@ -54,7 +54,7 @@ def _relative_error(x: torch.Tensor, x_rec: torch.Tensor) -> float:
 def spectral_pool_error(image: torch.Tensor, scale: float) -> tuple[float, float]:
     """(fraction of values kept, relative L2 error) for spectral pooling to floor(scale * size)."""
     height, width = image.shape[-2:]
-    size = (max(1, math.floor(scale * height + 1e-9)), max(1, math.floor(scale * width + 1e-9)))
+    size = (pooled_size(height, scale), pooled_size(width, scale))
     x = image[None]
     x_rec = spectral_resize2d(spectral_pool2d(x, size), (height, width))
     return size[0] * size[1] / (height * width), _relative_error(x, x_rec)

@@ -23,19 +23,15 @@ from pathlib import Path
 import torch
 
 from .._factory import create_model
+from ..constants import SPECNET_PAIRS
 from ..data import sample_batch
 from ..profiling import MB, MemoryReport, measure_memory
 
-PAIRS = (
-    ("speclenet", "lenet5", "mnist"),
-    ("specalexnet", "alexnet_cifar", "cifar10"),
-    ("specvgg16", "vgg16_cifar", "cifar10"),
-    ("specdensenet", "densenet_cifar", "cifar10"),
-)
+PAIRS = SPECNET_PAIRS
 BETAS = (0.5, 0.75, 1.0, 1.25, 1.5)
 DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 STORAGES = ("compact", "float16", "int8")
-TABLE_PAIRS = (("specvgg16", "vgg16_cifar"), ("specdensenet", "densenet_cifar"))
+TABLE_PAIRS = tuple((spectral, spatial) for spectral, spatial, _ in PAIRS if spectral in ("specvgg16", "specdensenet"))
 TABLE_SETTINGS = (
     ("dense autograd, no threshold", dict(storage="dense")),
     ("compact, no threshold", dict()),

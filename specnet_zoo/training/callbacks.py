@@ -69,10 +69,19 @@ class MemoryMonitor(L.Callback):
         self._saved = self._recorder.saved_bytes
         self._recorder = None  # drop its references before backward frees the graph
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._recorder is not None:  # no backward ran (e.g. manual optimisation): stop watching
+    def _stop_watching(self) -> None:
+        if self._recorder is not None:
             self._recorder.__exit__(None, None, None)
             self._recorder = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # A step that raises between on_train_batch_start and on_before_backward must not leave the
+        # saved-tensor hooks and module hooks installed for whatever runs next in the process.
+        self._stop_watching()
+        self._saved = self._start = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_watching()  # no backward ran (e.g. manual optimisation): stop watching
         if self._saved is None:
             return
         params = list(pl_module.parameters())

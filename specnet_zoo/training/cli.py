@@ -49,8 +49,11 @@ class SpecnetLightningCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False)
 
 
-def cli_main(args: list[str]) -> SpecnetLightningCLI:
-    """Run the LightningCLI with ``args`` (e.g. ``["fit", "--config", "recipes/mnist_speclenet.yaml"]``)."""
+def cli_main(args: list[str] | None = None) -> SpecnetLightningCLI:
+    """Run the LightningCLI with ``args`` (e.g. ``["fit", "--config", "recipes/mnist_speclenet.yaml"]``).
+
+    ``None`` reads ``sys.argv`` (the ``specnet-zoo`` command), so Lightning sees one source of arguments.
+    """
     return SpecnetLightningCLI(
         ImageClassifier,
         ImageDataModule,
@@ -62,6 +65,15 @@ def cli_main(args: list[str]) -> SpecnetLightningCLI:
     )
 
 
-def run(args: list[str]) -> int:
-    cli_main(args)
+def run(args: list[str] | None = None) -> int:
+    """The training subcommands; a diverged run prints why and exits 1 (no traceback to dig through)."""
+    import sys
+
+    from .module import DivergenceError
+
+    try:
+        cli_main(args)
+    except DivergenceError as error:
+        print(f"specnet-zoo: error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -12,7 +12,11 @@ from torchmetrics.classification import MulticlassAccuracy
 import specnet_zoo
 from specnet_zoo.layers import spectralize
 
-__all__ = ["ImageClassifier"]
+__all__ = ["DivergenceError", "ImageClassifier"]
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss: the run is stopped rather than reported as a success."""
 
 
 class ImageClassifier(L.LightningModule):
@@ -26,13 +30,17 @@ class ImageClassifier(L.LightningModule):
             runs) or 'adamw'.
         lr, momentum, weight_decay, nesterov: optimizer settings.
         scheduler: 'step' (multiply by ``gamma`` every ``step_size`` epochs; SpecNet: 50, 0.5),
-            'multistep' (at ``milestones``; Rippel eq. 5: 100, 140 with 0.1), 'cosine' or 'none'.
+            'multistep' (at ``milestones``; Rippel eq. 5: 100, 140 with 0.1), 'cosine' (to zero over
+            ``trainer.max_epochs``, or per step over ``trainer.max_steps`` when only that is set) or 'none'.
         label_smoothing: cross-entropy label smoothing.
         spectral_param: learn every ``nn.Conv2d`` filter in the frequency domain (Rippel Sec. 4,
             :func:`specnet_zoo.layers.spectralize`); the function at initialisation is unchanged.
 
     Logs ``{train,val,test}/loss`` and ``/acc`` (top-1), plus ``/acc_top5`` when there are more than 5
     classes. ``predict_step`` returns class probabilities.
+
+    A non-finite training or validation loss raises :class:`DivergenceError` naming the step, so a
+    diverged run ends with an error (and no checkpoint of the diverged model) instead of a "best" model.
     """
 
     def __init__(
@@ -84,10 +92,31 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise DivergenceError(
+                f"training diverged: loss {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}) with lr {self.hparams.lr}; try a lower --model.lr, gradient clipping "
+                "(--trainer.gradient_clip_val 1.0), a warm-up or 'adamw'"
+            )
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_nonfinite = 0
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        loss = self._shared_step(batch, "val")
+        if not torch.isfinite(loss):
+            self._val_nonfinite += 1
+
+    def on_validation_epoch_end(self) -> None:
+        # Runs before ModelCheckpoint's on_validation_end: a non-finite model is never saved as "best".
+        if getattr(self, "_val_nonfinite", 0):
+            raise DivergenceError(
+                f"validation loss is not finite on {self._val_nonfinite} batches after global step {self.global_step} "
+                f"(epoch {self.current_epoch}); the model has diverged: try a lower --model.lr or gradient clipping "
+                "(--trainer.gradient_clip_val 1.0)"
+            )
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
@@ -112,5 +141,16 @@ class ImageClassifier(L.LightningModule):
         elif hp.scheduler == "multistep":
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=hp.gamma)
         else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs or 1))
+            return {"optimizer": optimizer, "lr_scheduler": self._cosine(optimizer)}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _cosine(self, optimizer: torch.optim.Optimizer) -> dict:
+        """Cosine to zero over the run: per epoch over ``max_epochs``, or per step when only ``max_steps`` bounds it."""
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.max_steps in (-1, None):
+            return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=trainer.max_epochs),
+                    "interval": "epoch"}
+        steps = trainer.estimated_stepping_batches
+        if not 0 < steps < float("inf"):
+            raise ValueError("scheduler='cosine' needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(steps)), "interval": "step"}

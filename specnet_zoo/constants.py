@@ -1,0 +1,19 @@
+"""Numbers shared by models, data and reproductions (one source of truth, no dependencies)."""
+from __future__ import annotations
+
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+           "MNIST_MEAN", "MNIST_STD", "SPECNET_PAIRS", "SVHN_MEAN", "SVHN_STD"]
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# (SpecNet network, the spatial twin it is measured against, the dataset both are profiled on).
+SPECNET_PAIRS = (
+    ("speclenet", "lenet5", "mnist"),
+    ("specalexnet", "alexnet_cifar", "cifar10"),
+    ("specvgg16", "vgg16_cifar", "cifar10"),
+    ("specdensenet", "densenet_cifar", "cifar10"),
+)
