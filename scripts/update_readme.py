@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Regenerate README.md's model table from the registry (``specnet-zoo models --markdown``).
+"""Regenerate README.md's generated sections: the model table from the registry (``specnet-zoo models
+--markdown``) and the training-memory tables from ``docs/specnet_memory.md`` (written by
+``specnet-zoo reproduce specnet-memory --out docs``).
 
     python scripts/update_readme.py [--check]
 
@@ -11,14 +13,21 @@ from pathlib import Path
 
 from specnet_zoo import model_table
 
-START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MEMORY = ROOT / "docs" / "specnet_memory.md"
+
+
+def _section(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body.strip()}\n{end}{tail}"
 
 
 def render(text: str) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{model_table(markdown=True)}\n{END}{tail}"
+    text = _section(text, "model-table", model_table(markdown=True))
+    return _section(text, "specnet-memory", MEMORY.read_text())
 
 
 def main() -> int:

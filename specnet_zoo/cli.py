@@ -107,10 +107,37 @@ def _profile(args: argparse.Namespace) -> int:
         print(line)
     if report.peak_bytes is not None:
         print(f"(step peak: {report.peak_method}, bytes allocated above the step's start)")
+    if args.betas and any(type(m).__name__ == "SpectralConv2d" for m in model.modules()):
+        print()
+        print(kept_fraction_table(args.model, model, inputs, args.betas))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": report.as_dict(), "twin": twin.as_dict() if twin else None}, f, indent=1)
     return 0
+
+
+def kept_fraction_table(name: str, model, inputs, betas) -> str:
+    """Each spectral layer's kept fraction at every beta (SpecNet eq. 4 on eq. 7's scale), same weights and batch."""
+    import torch
+
+    from ._factory import create_model
+    from .layers import spectral_densities
+
+    columns = {}
+    for beta in betas:
+        probe = create_model(name, threshold=beta).to(inputs.device).train()
+        probe.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            probe(inputs)
+        columns[beta] = spectral_densities(probe)
+    layers = list(next(iter(columns.values())))
+    width = max(len("kept fraction by layer"), *(len(n) for n in layers))
+    lines = [f"{'kept fraction by layer':<{width}}" + "".join(f"{f'beta {b:g}':>11}" for b in betas)]
+    for layer in layers:
+        lines.append(f"{layer:<{width}}" + "".join(f"{columns[b][layer]:>11.4f}" for b in betas))
+    mean = {b: sum(columns[b].values()) / len(layers) for b in betas}
+    lines.append(f"{'mean':<{width}}" + "".join(f"{mean[b]:>11.4f}" for b in betas))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--timing-steps", type=int, default=1, help="timed steps (median reported); 0: none")
     profile.add_argument("--no-peak", action="store_true", help="skip the (profiled) peak measurement")
     profile.add_argument("--json", help="also write both reports to this JSON file")
+    profile.add_argument("--betas", type=lambda s: [float(v) for v in s.split(",") if v], default=[0.5, 0.7, 1.0, 1.5],
+                         help="SpecNet models: print every spectral layer's kept fraction at these betas "
+                         "(comma-separated, on the paper's unnormalised DFT scale; empty to skip)")
     profile.set_defaults(handler=_profile)
     reproduce = commands.add_parser("reproduce", help="reproduce a figure of the papers")
     experiments = reproduce.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)

@@ -57,7 +57,8 @@ def test_tensors_kept_on_ctx_are_counted():
 
 
 @pytest.mark.parametrize("name,kwargs", [("lenet5", {}), ("speclenet", {"density": 0.3}),
-                                         ("specalexnet", {"threshold": 0.5}), ("densenet_cifar", {"depth": 10})])
+                                         ("specalexnet", {"threshold": 0.5}), ("densenet40_cifar", {"depth": 10}),
+                                         ("specdensenet", {"num_layers": 2})])
 def test_accounting_agrees_with_torch_profiler(name, kwargs):
     model = specnet_zoo.create_model(name, **kwargs).train()
     shape = (16, 1, 28, 28) if "lenet" in name else (16, 3, 32, 32)

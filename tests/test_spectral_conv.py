@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck
 
-from specnet_zoo.layers import SpectralBlock, SpectralConv2d, fast_fft_size
+from specnet_zoo.layers import SpectralBlock, SpectralConv2d, block_fft_size, fast_fft_size, spectral_conv_chain
 from specnet_zoo.layers._fft import hermitian_repair
 
 from reference import reference_conv_same
@@ -63,7 +63,8 @@ def test_block_is_linear_chain_of_full_convolutions():
 
 
 def test_threshold_zeroes_small_entries_and_keeps_hermitian_symmetry():
-    conv = SpectralConv2d(3, 4, 3, threshold=0.5, activation="split_tanh").double()
+    beta = 5.0  # on the paper's unnormalised scale: |Y_ortho| * sqrt(P Q) < beta is zeroed
+    conv = SpectralConv2d(3, 4, 3, threshold=beta, activation="split_tanh").double()
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     size = (14, 14)
     spectrum = torch.fft.rfft2(x, s=size, norm="ortho").permute(2, 3, 0, 1)  # frequency-major
@@ -71,7 +72,7 @@ def test_threshold_zeroes_small_entries_and_keeps_hermitian_symmetry():
     linear = SpectralConv2d(3, 4, 3).double()
     linear.load_state_dict(conv.state_dict())
     pre = linear.spectral_forward(spectrum, size)
-    zeroed = pre.abs() < 0.5
+    zeroed = pre.abs() * 14 < beta
     assert 0.05 < zeroed.double().mean() < 0.95
     assert (out[zeroed] == 0).all()
     torch.testing.assert_close(out[~zeroed], torch.complex(torch.tanh(pre.real), torch.tanh(pre.imag))[~zeroed])
@@ -149,9 +150,14 @@ def test_errors_are_specific():
         SpectralConv2d(3, 4, 3, stride=2)
     with pytest.raises(ValueError, match="groups=1"):
         SpectralConv2d(4, 4, 3, groups=2)
-    with pytest.raises(ValueError, match="'same'"):
-        SpectralConv2d(3, 4, 3, padding=0)
-    SpectralConv2d(3, 4, 3, padding=1)  # the integer equivalent of 'same' is accepted
+    with pytest.raises(ValueError, match="'same' or 'valid'"):
+        SpectralConv2d(3, 4, 3, padding=2)
+    assert SpectralConv2d(3, 4, 3, padding=1).padding == "same"  # the integer equivalent of 'same' is accepted
+    assert SpectralConv2d(3, 4, 3, padding=0).valid  # and 0 means 'valid'
+    with pytest.raises(ValueError, match="share one padding"):
+        spectral_conv_chain(torch.randn(1, 3, 8, 8), [SpectralConv2d(3, 4, 3), SpectralConv2d(4, 4, 3, padding="valid")])
+    with pytest.raises(ValueError, match="leaves nothing"):
+        SpectralBlock(3, [4, 4], 5, padding="valid")(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="threshold must be finite and >= 0"):
         SpectralConv2d(3, 4, 3, threshold=-0.1)
     with pytest.raises(ValueError, match="threshold must be finite and >= 0"):
@@ -177,10 +183,54 @@ def test_errors_are_specific():
 
 
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (4, 1), ((3, 5), 1), (3, 2), ((2, 3), (3, 1))])
-def test_kernel_matrices_are_the_kernel_fft(kernel_size, dilation):
+def test_kernel_matrices_are_the_centred_kernel_fft(kernel_size, dilation):
     conv = SpectralConv2d(3, 2, kernel_size, dilation=dilation).double()
     size = (13, 10)
     matrices = conv.kernel_matrices(size, torch.float64).reshape(2, 13, 6, 3, 2)  # (re/im, P, Q', i, o)
-    spectrum = conv.kernel_spectrum(size, torch.float64).permute(2, 3, 1, 0)  # (P, Q', i, o)
+    # Reference: dilate, flip, zero-pad to the FFT size, move the 'same' centre to the origin, FFT.
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    dilated = torch.zeros(2, 3, dh * (kh - 1) + 1, dw * (kw - 1) + 1, dtype=torch.float64)
+    dilated[..., ::dh, ::dw] = conv.weight.detach()
+    padded = F.pad(dilated.flip(-2, -1), (0, size[1] - dilated.shape[-1], 0, size[0] - dilated.shape[-2]))
+    centred = torch.roll(padded, shifts=(-(dilated.shape[-2] - 1 - conv.centre[0]), -(dilated.shape[-1] - 1 - conv.centre[1])),
+                         dims=(-2, -1))
+    spectrum = torch.fft.rfft2(centred).permute(2, 3, 1, 0)  # (P, Q', i, o)
     torch.testing.assert_close(matrices[0], spectrum.real)
     torch.testing.assert_close(matrices[1], spectrum.imag)
+
+
+@pytest.mark.parametrize("kernel_size,size", [(5, (12, 12)), (3, (9, 8)), ((3, 5), (10, 11)), (4, (8, 9))])
+def test_valid_block_equals_chained_valid_correlation(kernel_size, size):
+    """'valid' (SpecNet's LeNet): one FFT, two linear products, crop to H - sum(k - 1)."""
+    block = SpectralBlock(2, [3, 2], kernel_size=kernel_size, activation=None, padding="valid").double()
+    x = torch.randn(2, 2, *size, dtype=torch.float64)
+    c1, c2 = block.convs
+    expected = F.conv2d(F.conv2d(x, c1.weight, c1.bias), c2.weight, c2.bias)
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-11)
+    xg = x[:1].clone().requires_grad_()
+    assert gradcheck(block, (xg,))
+
+
+def test_block_fft_size_is_the_linear_size_growing_only_where_storage_does_not():
+    assert block_fft_size(34, 34) == (34, 35)  # 35 = 5 * 7 keeps 35 // 2 + 1 == 18 columns
+    assert block_fft_size(18, 18) == (18, 18)  # already 2,3,5,7-smooth
+    assert block_fft_size(10, 10) == (10, 10)
+    assert block_fft_size(17, 22) == (17, 22)  # 23 is prime: no faster size with 12 columns
+    block = SpectralBlock(3, [4], 3)
+    block(torch.randn(1, 3, 32, 32))
+    from specnet_zoo.layers.spectral_conv import SpectralChain
+
+    assert SpectralChain(list(block.convs), (32, 32), None, None).fft_size == (34, 35)  # SpecNet: M + N_k - 1
+
+
+def test_threshold_is_beta_on_the_unnormalised_dft_scale():
+    """SpecNet eq. 4 on eq. 7's unnormalised spectrum: |Y| < beta zeroes, whatever the internal norm."""
+    conv = SpectralConv2d(2, 3, 3, threshold=0.7).double()
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    conv(x)
+    spectrum = torch.fft.rfft2(x, s=(10, 10)).permute(2, 3, 0, 1)  # unnormalised, as eq. 7
+    plain = SpectralConv2d(2, 3, 3).double()
+    plain.load_state_dict(conv.state_dict())
+    unnormalised = plain.spectral_forward(spectrum / 10, (10, 10)) * 10  # ortho -> unnormalised scale
+    expected = (unnormalised.abs() >= 0.7).double().mean()
+    torch.testing.assert_close(conv.measured_density.double(), expected)

@@ -209,3 +209,17 @@ def test_errors_are_specific():
         spectral_pool2d(x.long(), 4)
     with pytest.raises(TypeError, match="pair of ints"):
         spectral_pool2d(x, (4, 4, 4))
+
+
+def test_unitary_norm_preserves_energy_of_band_limited_maps_and_scales_constants():
+    from specnet_zoo.layers import spectral_resize2d
+
+    low = torch.randn(2, 3, 15, 15, dtype=torch.float64)
+    x = spectral_resize2d(low, 32)  # band-limited to the 15 x 15 band (odd: no Nyquist bin to split)
+    y = SpectralPool2d(output_size=15, norm="ortho")(x)
+    torch.testing.assert_close(y.square().sum((-2, -1)), x.square().sum((-2, -1)))  # Parseval, unitary DFT
+    torch.testing.assert_close(SpectralPool2d(output_size=15)(x) * (32 / 15), y)
+    ones = torch.ones(1, 1, 32, 32)
+    assert SpectralPool2d(16)(ones).mean() == 1.0 and SpectralPool2d(16, norm="ortho")(ones).mean() == 2.0
+    with pytest.raises(ValueError, match="norm must be 'forward'"):
+        SpectralPool2d(16, norm="backward")

@@ -211,20 +211,30 @@ def _image_folder(root: Path, split: str, transform: Callable) -> datasets.Image
 
 class _CIFARDataModule(ImageDataModule):
     """CIFAR from torchvision's python batches, a train/<class>/ + test/<class>/ image folder, or tar.gz
-    archives of such a folder (extracted once into ``cache_dir``, default ``~/.cache/specnet_zoo``)."""
+    archives of such a folder (extracted once into ``cache_dir``, default ``~/.cache/specnet_zoo``).
+
+    ``augment``: random crop (padding 4, i.e. translations) and horizontal flip of training images;
+    ``hsv_jitter``: also perturb brightness (value), saturation and hue by up to this fraction (hue by
+    half of it), Rippel et al.'s "HSV perturbations" (Sec. 5.2); 0 disables it.
+    """
 
     batches_folder = ""
     tv_dataset: type = datasets.CIFAR10
 
     def __init__(self, data_dir: str = "data", batch_size: int = 64, num_workers: int = 0, val_split: float = 0.1,
                  seed: int = 0, shuffle: bool = True, download: bool = False, cache_dir: str | None = None,
-                 augment: bool = True) -> None:
+                 augment: bool = True, hsv_jitter: float = 0.0) -> None:
         super().__init__(data_dir, batch_size, num_workers, val_split, seed, shuffle, download)
+        if not 0.0 <= hsv_jitter <= 1.0:
+            raise ValueError(f"hsv_jitter must be in [0, 1], got {hsv_jitter}")
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "specnet_zoo"
-        self.augment = augment
+        self.augment, self.hsv_jitter = augment, hsv_jitter
 
     def train_transform(self):
         augment = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if self.augment else []
+        if self.hsv_jitter:
+            jitter = self.hsv_jitter
+            augment.append(v2.ColorJitter(brightness=jitter, saturation=jitter, hue=jitter / 2))
         return v2.Compose(augment + _normalize(self.mean, self.std))
 
     def extraction_dir(self) -> Path:

@@ -3,6 +3,7 @@ from .frequency_dropout import FrequencyDropout, frequency_dropout_schedule
 from .spectral_conv import (
     SpectralBlock,
     SpectralConv2d,
+    block_fft_size,
     fast_fft_size,
     set_spectral_density,
     spectral_conv_chain,
@@ -28,6 +29,7 @@ __all__ = [
     "SpectralPool2d",
     "SplitTanh",
     "despectralize",
+    "block_fft_size",
     "fast_fft_size",
     "frequency_dropout_schedule",
     "is_spectrally_parametrized",

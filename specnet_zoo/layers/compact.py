@@ -241,6 +241,8 @@ def producer_node(t: torch.Tensor):
     node = t.grad_fn
     if node is None or getattr(node, "_forward_cls", None) is not CompactChain:
         return None
+    if getattr(node.impl, "dense", False):  # its output includes its input spectrum: not replayable alone
+        return None
     return node
 
 

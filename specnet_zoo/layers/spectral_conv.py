@@ -1,10 +1,14 @@
 """FFT convolution with spectral thresholding and activation, SpecNet (Guan et al. 2019) Alg. 1.
 
 A :class:`SpectralBlock` FFTs its spatial input once, zero-padded to (H + S_h, W + S_w) where S is
-the summed kernel support growth of its convolutions (rounded up to an FFT-friendly size), runs one
-or more :class:`SpectralConv2d` on the spectrum, and inverse-FFTs and crops back to (H, W). Zero
-padding makes the products linear (not circular) convolutions. Spectra use ``norm="ortho"`` so the
-transform is unitary and a threshold beta is on the scale of spatial values (Parseval).
+the summed kernel support growth of its convolutions (SpecNet's M + N_k - 1 for one convolution), runs
+one or more :class:`SpectralConv2d` on the spectrum, and inverse-FFTs and crops back to (H, W) ('same')
+or (H - S_h, W - S_w) ('valid'). Zero padding makes the products linear (not circular) convolutions.
+Kernels are centred on the origin of the padded grid (their 'same' alignment), so every convolution's
+output is aligned with its input and a block crops once, at the end.
+
+Spectra are computed with ``norm="ortho"`` (unitary); the threshold beta is nevertheless on the scale
+of SpecNet's eq. 7, an unnormalised DFT: an entry is zeroed when ``|Y_ortho| sqrt(P Q) < beta``.
 
 Inside a block spectra are kept **frequency-major**: complex (P, Q//2+1, N, C). Channel mixing is
 then one real batched matmul per frequency whose operands are free views of the complex tensors.
@@ -39,11 +43,23 @@ from .compact import (
 from .split_tanh import SplitTanh
 
 __all__ = [
-    "SpectralConv2d", "SpectralBlock", "SpectralChain", "fast_fft_size", "mix_channels", "spectral_conv_chain",
+    "SpectralConv2d", "SpectralBlock", "SpectralChain", "block_fft_size", "fast_fft_size", "mix_channels", "spectral_conv_chain",
     "set_spectral_density", "spectral_densities",
 ]
 
 _FAST_RADICES = (2, 3, 5, 7)
+
+
+def block_fft_size(height: int, width: int) -> tuple[int, int]:
+    """The padded FFT size (P, Q) of a block whose linear convolutions need ``height`` x ``width``.
+
+    P is exactly ``height``: any larger P grows the stored (P, Q // 2 + 1) spectra. Q may grow by one to a
+    2,3,5,7-smooth size when that keeps Q // 2 + 1 (e.g. 34 -> 35): the same stored size, a faster FFT.
+    """
+    q = width
+    if q % 2 == 0 and fast_fft_size(q) != q and fast_fft_size(q + 1) == q + 1:
+        q += 1
+    return height, q
 
 
 def fast_fft_size(n: int) -> int:
@@ -65,12 +81,14 @@ def _tap_phases(
 ) -> torch.Tensor:
     """Real (2 P Q', k_h k_w): rows [Re z; Im z] of every kernel tap's unnormalised DFT.
 
-    Tap (a, b) of the flipped, dilated kernel sits at (K_h - 1 - d_h a, K_w - 1 - d_w b), so its DFT
-    is ``z = exp(-2 pi i (k_y u / P + k_x v / Q))`` at frequency (k_y, k_x).
+    The flipped, dilated kernel is centred as ``nn.Conv2d(padding="same")`` centres it: tap (a, b) sits
+    at (c_h - d_h a, c_w - d_w b) with c = (d (k - 1)) // 2 (negative positions wrap around the padded
+    grid), so its DFT is ``z = exp(-2 pi i (k_y u / P + k_x v / Q))`` at frequency (k_y, k_x) and the
+    product leaves each output aligned with its input.
     """
     (kh, kw), (dh, dw), (p, q) = kernel_size, dilation, fft_size
-    u = (dh * (kh - 1)) - dh * torch.arange(kh, dtype=torch.float64)
-    v = (dw * (kw - 1)) - dw * torch.arange(kw, dtype=torch.float64)
+    u = (dh * (kh - 1)) // 2 - dh * torch.arange(kh, dtype=torch.float64)
+    v = (dw * (kw - 1)) // 2 - dw * torch.arange(kw, dtype=torch.float64)
     k_y = torch.arange(p, dtype=torch.float64)
     k_x = torch.arange(q // 2 + 1, dtype=torch.float64)
     theta = -2 * math.pi * (
@@ -272,13 +290,17 @@ class SpectralConv2d(nn.Conv2d):
             raise ValueError(f"{name} supports padding_mode='zeros' only, got {padding_mode!r}")
         same_int = tuple((di * (ki - 1)) // 2 for ki, di in zip(k, d))
         odd = all((di * (ki - 1)) % 2 == 0 for ki, di in zip(k, d))
-        if padding != "same" and not (odd and _pair(padding) == same_int):
-            raise ValueError(
-                f"{name} computes 'same' convolutions only (SpecNet crops back to the input size); "
-                f"got padding={padding!r}, expected 'same'" + (f" or {same_int}" if odd else "")
-            )
+        if padding in (0, (0, 0)):
+            padding = "valid"
+        elif padding != "valid" and padding != "same":
+            if not (odd and _pair(padding) == same_int):
+                raise ValueError(
+                    f"{name} computes 'same' or 'valid' convolutions (SpecNet crops after the inverse FFT); "
+                    f"got padding={padding!r}, expected 'same', 'valid'" + (f", {same_int}" if odd else "") + " or 0"
+                )
+            padding = "same"
         check_sparsity(name, threshold, density, storage)
-        super().__init__(in_channels, out_channels, k, 1, "same", d, 1, bias, "zeros", device, dtype)
+        super().__init__(in_channels, out_channels, k, 1, padding, d, 1, bias, "zeros", device, dtype)
         self.threshold = float(threshold)
         self.density = None if density is None else float(density)
         self.storage = storage
@@ -290,10 +312,12 @@ class SpectralConv2d(nn.Conv2d):
         sparsity = f"density={self.density}" if self.density is not None else f"threshold={self.threshold}"
         return super().extra_repr() + f", {sparsity}, storage={self.storage!r}"
 
-    def keep_mask(self, spectrum: torch.Tensor) -> torch.Tensor | None:
-        """Bool mask of the entries eq. 4 keeps in a (P, Q', N, C) spectrum; None keeps everything.
+    def keep_mask(self, spectrum: torch.Tensor, fft_size: tuple[int, int]) -> torch.Tensor | None:
+        """Bool mask of the entries eq. 4 keeps in an ortho (P, Q', N, C) spectrum; None keeps everything.
 
-        With ``density`` d, sample n keeps its ceil(d M) largest magnitudes (M = P Q' C; ties keep more).
+        ``threshold`` beta is on the scale of SpecNet's unnormalised DFT (eq. 7): entries with
+        ``|Y| sqrt(P Q) < beta`` are zeroed. With ``density`` d, sample n keeps its ceil(d M) largest
+        magnitudes (M = P Q' C; ties keep more).
         """
         if self.density is not None and self.density < 1.0:
             magnitude = spectrum.abs()
@@ -304,7 +328,7 @@ class SpectralConv2d(nn.Conv2d):
             cut = torch.kthvalue(per_sample, total - keep + 1, dim=1).values
             return magnitude >= cut[:, None]
         if self.threshold > 0:
-            return spectrum.abs() >= self.threshold
+            return spectrum.abs() >= self.threshold / math.sqrt(fft_size[0] * fft_size[1])
         return None
 
     def _record_density(self, mask: torch.Tensor | None, like: torch.Tensor) -> None:
@@ -323,7 +347,7 @@ class SpectralConv2d(nn.Conv2d):
         if bias is not None:
             # A constant b on the P x Q grid has ortho DC coefficient b * sqrt(P Q) and nothing else.
             out[0, 0] += bias.to(real_dtype) * (p * q) ** 0.5
-        mask = self.keep_mask(out)
+        mask = self.keep_mask(out, fft_size)
         self._record_density(mask, out)
         if mask is not None:
             out = out * mask
@@ -337,25 +361,14 @@ class SpectralConv2d(nn.Conv2d):
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))  # type: ignore[return-value]
 
     @property
-    def crop_offset(self) -> tuple[int, int]:
-        """Where the 'same' output starts inside the linear (full) convolution result."""
-        # nn.Conv2d "same" pads (K - 1) // 2 before, so out[i] = full[i + K - 1 - (K - 1) // 2].
-        return tuple(kk - 1 - (kk - 1) // 2 for kk in self.effective_kernel_size)  # type: ignore[return-value]
+    def valid(self) -> bool:
+        """True for ``padding="valid"`` (output (H - K + 1, W - K + 1)), False for 'same'."""
+        return self.padding == "valid"
 
-    def dilated_weight(self) -> torch.Tensor:
-        """The spatial kernel with dilation zeros inserted: (C_out, C_in, K_h, K_w)."""
-        if self.dilation == (1, 1):
-            return self.weight
-        kh, kw = self.effective_kernel_size
-        dh, dw = self.dilation
-        out = self.weight.new_zeros(self.weight.shape[:2] + (kh, kw))
-        out[..., ::dh, ::dw] = self.weight
-        return out
-
-    def kernel_spectrum(self, fft_size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        """Unnormalised rfft2 of the flipped kernel, zero-padded to ``fft_size``: (C_out, C_in, P, Q//2+1)."""
-        weight = self.dilated_weight().to(dtype).flip(-2, -1)
-        return padded_rfft2(weight, fft_size)
+    @property
+    def centre(self) -> tuple[int, int]:
+        """Offset of the centred kernel's origin: nn.Conv2d 'same' pads (K - 1) // 2 before."""
+        return tuple((kk - 1) // 2 for kk in self.effective_kernel_size)  # type: ignore[return-value]
 
     def kernel_matrices(self, fft_size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """Real (2, P Q', C_in, C_out): Re and Im of ``kernel_spectrum`` per frequency, for :func:`mix_channels`.
@@ -411,14 +424,30 @@ class SpectralChain:
     """
 
     def __init__(self, convs: Sequence[SpectralConv2d], size: tuple[int, int], prologue: Replay | None,
-                 epilogue: Replay | None) -> None:
-        self.convs, self.prologue, self.epilogue = list(convs), prologue, epilogue
-        self.name = type(convs[0]).__name__ if len(convs) == 1 else "SpectralBlock"
+                 epilogue: Replay | None, dense: bool = False) -> None:
+        self.convs, self.prologue, self.epilogue, self.dense = list(convs), prologue, epilogue, dense
+        self.name = type(convs[0]).__name__ if len(convs) == 1 else ("SpectralDenseBlock" if dense else "SpectralBlock")
+        if dense:
+            channels = convs[0].in_channels
+            for i, conv in enumerate(convs):
+                if conv.in_channels != channels:
+                    raise ValueError(f"{self.name}: convolution {i} sees the {channels} channels of the block input and "
+                                     f"every earlier output, but has in_channels={conv.in_channels}")
+                channels += conv.out_channels
         height, width = size
         grow_h = sum(c.effective_kernel_size[0] - 1 for c in convs)
         grow_w = sum(c.effective_kernel_size[1] - 1 for c in convs)
-        self.fft_size = (fast_fft_size(height + grow_h), fast_fft_size(width + grow_w))
-        self.crop = (sum(c.crop_offset[0] for c in convs), sum(c.crop_offset[1] for c in convs), height, width)
+        self.fft_size = block_fft_size(height + grow_h, width + grow_w)
+        paddings = {c.valid for c in convs}
+        if len(paddings) > 1:
+            raise ValueError(f"{self.name}: all convolutions of a block must share one padding ('same' or 'valid')")
+        self.valid = paddings.pop()
+        self.grow = (grow_h, grow_w)
+        if self.valid:  # centred kernels: the valid window starts after the summed 'same' offsets
+            top, left = sum(c.centre[0] for c in convs), sum(c.centre[1] for c in convs)
+            self.crop = (top, left, height - grow_h, width - grow_w)
+        else:
+            self.crop = (0, 0, height, width)
         storages = {c.storage for c in convs}
         if len(storages) > 1:
             raise ValueError(f"{self.name}: all convolutions of a block must share one storage, got {sorted(storages)}")
@@ -432,6 +461,11 @@ class SpectralChain:
         k_h = max(c.effective_kernel_size[0] for c in self.convs)
         k_w = max(c.effective_kernel_size[1] for c in self.convs)
         height, width = x.shape[-2:]
+        if self.valid and (height <= self.grow[0] or width <= self.grow[1]):
+            raise ValueError(
+                f"{self.name}: 'valid' convolutions shrink the map by {self.grow[0]}x{self.grow[1]}; an input of "
+                f"{height}x{width} leaves nothing (it needs at least {self.grow[0] + 1}x{self.grow[1] + 1} pixels)"
+            )
         if (height < k_h or width < k_w) and not all(c.allow_small_input for c in self.convs):
             raise ValueError(
                 f"{self.name}: input map {height}x{width} is smaller than the {k_h}x{k_w} kernel; most kernel taps "
@@ -477,9 +511,12 @@ class SpectralChain:
         """
         x = self.prologue.run(*inputs) if self.prologue is not None else inputs[0]
         self.check_input(x)
+        features = [x]
         for conv in self.convs:
-            x = F.conv2d(x.to(conv.weight.dtype), conv.weight, conv.bias, padding="same", dilation=conv.dilation)
-        y = x.to(self.x_like[0])
+            inp = torch.cat(features, dim=1) if self.dense else features[-1]
+            features.append(F.conv2d(inp.to(conv.weight.dtype), conv.weight, conv.bias, padding=conv.padding,
+                                     dilation=conv.dilation))
+        y = (torch.cat(features, dim=1) if self.dense else features[-1]).to(self.x_like[0])
         return self.epilogue.run(y) if self.epilogue is not None else y
 
     # dense path: plain autograd
@@ -487,11 +524,15 @@ class SpectralChain:
         x = self.prologue.run(*inputs) if self.prologue is not None else inputs[0]
         self.check_input(x)
         with fft_precision(x):
-            spectrum = self.input_spectrum(x)
+            features = [self.input_spectrum(x)]
             for conv in self.convs:
-                spectrum = conv.spectral_forward(spectrum, self.fft_size)
-            y = self.to_map(spectrum)
+                features.append(conv.spectral_forward(self.conv_input(features), self.fft_size))
+            y = self.to_map(torch.cat(features, dim=-1) if self.dense else features[-1])
         return self.epilogue.run(y) if self.epilogue is not None else y
+
+    def conv_input(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The next convolution's input: the last spectrum, or (dense) all of them along channels."""
+        return torch.cat(list(features), dim=-1) if self.dense and len(features) > 1 else features[-1]
 
     # packed path
     def forward_packed(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[PackedSpectrum]]:
@@ -500,11 +541,14 @@ class SpectralChain:
         self.check_input(x)
         packs = []
         with fft_precision(x):
-            spectrum = self.input_spectrum(x)
+            features = [self.input_spectrum(x)]
             for conv in self.convs:
-                spectrum, mask = conv.spectral_step(spectrum, self.fft_size, conv.weight, conv.bias)
+                spectrum, mask = conv.spectral_step(self.conv_input(features), self.fft_size, conv.weight, conv.bias)
                 packs.append(PackedSpectrum.pack(spectrum, mask, self.storage))
-            y = self.to_map(spectrum)
+                features.append(spectrum)
+                if not self.dense:
+                    features = features[-1:]  # a plain chain needs only the last spectrum
+            y = self.to_map(torch.cat(features, dim=-1) if self.dense else features[-1])
         return (self.epilogue.run(y) if self.epilogue is not None else y), packs
 
     def replay_output(self, params: Sequence[torch.Tensor], last: PackedSpectrum) -> torch.Tensor:
@@ -532,7 +576,11 @@ class SpectralChain:
             x = self.prologue.replay(pro_leaves, *in_leaves) if self.prologue is not None else in_leaves[0]
             x_value = x.detach()
             with fft_precision(x_value):
-                last, last_mask = packs[-1].unpack()
+                if self.dense:  # the block output is every spectrum, the input's included
+                    features = [self.input_spectrum(x_value)] + [p.unpack()[0] for p in packs]
+                    last, last_mask = torch.cat(features, dim=-1), None
+                else:
+                    last, last_mask = packs[-1].unpack()
                 last_leaf = last.requires_grad_()
                 y = self.to_map(last_leaf)
             epi_leaves, out = [], y
@@ -546,6 +594,11 @@ class SpectralChain:
         for i, p in enumerate(epi_leaves):
             if p.requires_grad:
                 grads[n_in + n_conv + n_pro + i] = found.pop(0)
+        if self.dense:
+            del out, y, wrt, last, last_leaf
+            with fft_precision(x_value):
+                grad = self._dense_convs_backward(features, packs, params, grad, grads, needs, n_in, n_conv, need_x)
+            return self._input_backward(grad, grads, x, x_value, in_leaves, pro_leaves, n_in, n_conv, need_x)
         carried = [last.detach(), last_mask]  # X_l and its mask, dropped as soon as they are used
         del out, y, wrt, last, last_leaf, last_mask
 
@@ -555,7 +608,6 @@ class SpectralChain:
             for index in range(len(self.convs) - 1, -1, -1):
                 conv = self.convs[index]
                 slot -= 1 + (conv.bias is not None)
-                weight = params[slot - n_in]
                 out_mask = carried.pop()
                 if conv.activation is not None:
                     grad = split_tanh_backward(grad, carried.pop())
@@ -566,19 +618,53 @@ class SpectralChain:
                     in_spec, in_mask = packs[index - 1].unpack()
                 else:
                     in_spec, in_mask = self.input_spectrum(x_value), None
-                need_in = index > 0 or need_x
-                grad_in, grad_weight = mix_with_weight_backward(in_spec, weight, conv.dilation, self.fft_size, grad,
-                                                                need_in)
-                if needs[slot]:
-                    grads[slot] = grad_weight
-                if conv.bias is not None and needs[slot + 1]:
-                    p, q = self.fft_size
-                    grads[slot + 1] = (grad.real[0, 0].sum(0) * (p * q) ** 0.5).to(params[slot + 1 - n_in].dtype)
+                grad_in = self._conv_grads(index, in_spec, grad, params, grads, needs, slot, n_in, index > 0 or need_x)
                 grad = grad_in
                 carried = [in_spec, in_mask]
                 del in_spec, in_mask, grad_in
-            if not need_x:
-                return grads
+        return self._input_backward(grad, grads, x, x_value, in_leaves, pro_leaves, n_in, n_conv, need_x)
+
+    def _conv_grads(self, index, in_spec, grad, params, grads, needs, slot, n_in, need_in):
+        """Weight and bias gradients of convolution ``index`` (into ``grads``); returns the input gradient."""
+        conv = self.convs[index]
+        grad_in, grad_weight = mix_with_weight_backward(in_spec, params[slot - n_in], conv.dilation, self.fft_size, grad,
+                                                        need_in)
+        if needs[slot]:
+            grads[slot] = grad_weight
+        if conv.bias is not None and needs[slot + 1]:
+            p, q = self.fft_size
+            grads[slot + 1] = (grad.real[0, 0].sum(0) * (p * q) ** 0.5).to(params[slot + 1 - n_in].dtype)
+        return grad_in
+
+    def _dense_convs_backward(self, features, packs, params, grad_out, grads, needs, n_in, n_conv, need_x):
+        """Dense block: conv l reads cat(X_0 .. X_{l-1}), so its input gradient is split and added to each X_j.
+
+        ``grad_out`` is the gradient of cat(X_0 .. X_L); returns the gradient of the input spectrum X_0.
+        """
+        sizes = [f.shape[-1] for f in features]
+        feature_grads = list(torch.split(grad_out, sizes, dim=-1))
+        slot = n_in + n_conv
+        for index in range(len(self.convs) - 1, -1, -1):
+            conv = self.convs[index]
+            slot -= 1 + (conv.bias is not None)
+            grad = feature_grads[index + 1].clone()
+            if conv.activation is not None:
+                grad = split_tanh_backward(grad, features[index + 1])
+            mask = packs[index].mask()
+            if mask is not None:
+                grad = grad.mul_(mask)
+            in_spec = self.conv_input(features[: index + 1])
+            grad_in = self._conv_grads(index, in_spec, grad, params, grads, needs, slot, n_in, index > 0 or need_x)
+            if grad_in is not None:
+                for j, part in enumerate(torch.split(grad_in, sizes[: index + 1], dim=-1)):
+                    feature_grads[j] = feature_grads[j] + part
+        return feature_grads[0]
+
+    def _input_backward(self, grad, grads, x, x_value, in_leaves, pro_leaves, n_in, n_conv, need_x):
+        """From the input spectrum's gradient to the block inputs' (through the prologue when there is one)."""
+        if not need_x:
+            return grads
+        with fft_precision(x_value):
             grad_x = rfft2_adjoint(grad.permute(2, 3, 0, 1), tuple(x_value.shape[-2:]), self.fft_size, "ortho")
         grad_x = grad_x.to(x_value.dtype)
         if self.prologue is None:
@@ -613,6 +699,7 @@ def spectral_conv_chain(
     convs: Sequence[SpectralConv2d],
     prologue: Replay | None = None,
     epilogue: Replay | None = None,
+    dense: bool = False,
 ) -> torch.Tensor:
     """Run ``convs`` on a real (N, C, H, W) map with one FFT in and one inverse FFT out.
 
@@ -620,6 +707,9 @@ def spectral_conv_chain(
         x: the block input, or the inputs of ``prologue`` (which must keep the spatial size).
         convs: the block's convolutions, in order.
         prologue, epilogue: cheap ops before / after the block, fused so their inputs need not be kept.
+        dense: DenseNet connectivity inside the spectrum (SpecNet Table 1): convolution l reads the
+            concatenation of the block input and every earlier output, and the block returns all of them
+            concatenated, (N, C + sum(C_l), H, W).
 
     Returns the real (N, C_out, H, W) map (``epilogue`` of it) in the input's dtype; the FFT runs in
     float32 (float64 for float64 input) with autocast disabled. When gradients are needed and the
@@ -636,7 +726,7 @@ def spectral_conv_chain(
     sizes = {(t.shape[0], *t.shape[-2:]) for t in inputs}
     if len(sizes) > 1:
         raise ValueError(f"{name}: prologue inputs must share batch and spatial size (N, H, W), got {sorted(sizes)}")
-    chain = SpectralChain(convs, tuple(inputs[0].shape[-2:]), prologue, epilogue)
+    chain = SpectralChain(convs, tuple(inputs[0].shape[-2:]), prologue, epilogue, dense)
     if inputs[0].shape[0] == 0:
         return chain.forward_empty(inputs)
     if not chain.compact_ok(inputs):
@@ -682,10 +772,11 @@ class SpectralBlock(nn.Module):
             None/'identity', or an nn.Module acting on complex tensors.
         bias: whether the convolutions have a bias.
         allow_small_input: accept maps smaller than the kernel (well defined, but most taps see padding).
+        padding: "same" (crop back to H x W) or "valid" (crop to H - sum(k - 1), as SpecNet's LeNet).
 
     Shape:
-        (N, C_in, H, W) real -> (N, channels[-1], H, W) real. Spectral maps between the convolutions
-        are complex (N, C, P, Q//2+1) with P >= H + sum(k - 1).
+        (N, C_in, H, W) real -> (N, channels[-1], H, W) real ('same') or (N, channels[-1], H - S, W - S)
+        ('valid', S = sum(k - 1)). Spectral maps between the convolutions are complex with P = H + S rows.
     """
 
     def __init__(
@@ -699,6 +790,7 @@ class SpectralBlock(nn.Module):
         allow_small_input: bool = False,
         density: float | None = None,
         storage: str = "compact",
+        padding: str = "same",
     ) -> None:
         super().__init__()
         channels = [channels] if isinstance(channels, int) else list(channels)
@@ -709,6 +801,7 @@ class SpectralBlock(nn.Module):
             SpectralConv2d(
                 c_in, c_out, kernel_size, bias=bias, threshold=threshold,
                 activation=activation, allow_small_input=allow_small_input, density=density, storage=storage,
+                padding=padding,
             )
             for c_in, c_out in zip(widths[:-1], widths[1:])
         )

@@ -33,6 +33,12 @@ __all__ = ["SpectralPool2d", "pooled_size", "spectral_pool2d", "spectral_resize2
 
 MATMUL_MAX_SIZE = 256
 _METHODS = ("auto", "fft", "matmul")
+_NORMS = ("forward", "ortho")
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be 'forward' (mean-preserving) or 'ortho' (unitary, Rippel Sec. 2), got {norm!r}")
 
 
 def pooled_size(n: int, scale_factor: float) -> int:
@@ -184,6 +190,7 @@ def spectral_resize2d(
     size: int | Sequence[int],
     frequency_dropout: FrequencyDropout | None = None,
     method: str = "auto",
+    norm: str = "forward",
 ) -> torch.Tensor:
     """Resample a real map to ``size`` by cropping or zero-padding its spectrum (module docstring).
 
@@ -193,6 +200,9 @@ def spectral_resize2d(
         frequency_dropout: optional randomized-resolution mask applied to the resized spectrum.
         method: "fft", "matmul" (separable resize matrices) or "auto" (matmul when both input sizes
             are <= MATMUL_MAX_SIZE). Both compute the same map, frequency dropout included.
+        norm: "forward" (default: mean-preserving, a constant map stays that constant) or "ortho"
+            (the unitary DFT of Rippel Sec. 2 both ways: the output is ``sqrt(H W / (h w))`` times larger,
+            so a constant 1 pooled 32 -> 16 becomes 2).
 
     Returns:
         real (N, C, h, w) tensor in ``x``'s dtype (and channels_last layout when ``x`` has it).
@@ -203,6 +213,7 @@ def spectral_resize2d(
         raise ValueError(f"output size must be >= 1 in both dimensions, got {size_out}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    _check_norm(norm)
     resolution = None
     if frequency_dropout is not None and frequency_dropout.training:
         resolution = frequency_dropout.sample_resolution(size_out, x.shape[0])
@@ -225,6 +236,8 @@ def spectral_resize2d(
             if resolution is not None:
                 mask = frequency_dropout.spectrum_mask(size_out, x.shape[0], x.device, resolution)
             y = _SpectralResize.apply(data, size_out, mask)
+        if norm == "ortho":
+            y = y * math.sqrt((height * width) / (size_out[0] * size_out[1]))
     return output_like(y, x)
 
 
@@ -233,8 +246,10 @@ def spectral_pool2d(
     output_size: int | Sequence[int],
     frequency_dropout: FrequencyDropout | None = None,
     method: str = "auto",
+    norm: str = "forward",
 ) -> torch.Tensor:
-    """Spectral pooling of a real (N, C, H, W) map to (N, C, h, w), 1 <= h <= H, 1 <= w <= W."""
+    """Spectral pooling of a real (N, C, H, W) map to (N, C, h, w), 1 <= h <= H, 1 <= w <= W (``norm``: see
+    :func:`spectral_resize2d`)."""
     check_map(x, "spectral_pool2d")
     h, w = _pair(output_size, "output_size")
     height, width = x.shape[-2:]
@@ -245,7 +260,7 @@ def spectral_pool2d(
             f"spectral_pool2d output size ({h}, {w}) is larger than the input: it must satisfy 1 <= h <= H and 1 <= w <= W "
             f"for an input of spatial size ({height}, {width}); use spectral_resize2d to upsample"
         )
-    return spectral_resize2d(x, (h, w), frequency_dropout, method)
+    return spectral_resize2d(x, (h, w), frequency_dropout, method, norm)
 
 
 class SpectralPool2d(nn.Module):
@@ -262,6 +277,10 @@ class SpectralPool2d(nn.Module):
         frequency_dropout: a :class:`FrequencyDropout` (or its ``min_fraction`` as a float) applied to
             the pooled spectrum while training, Rippel Sec. 3.2.
         method: "auto", "fft" or "matmul", see :func:`spectral_resize2d`.
+        norm: "forward" (default) keeps a map's mean, like the average and max pooling it replaces, so
+            a deep stack of pooling layers keeps activations at one scale whatever gamma and the input
+            size are; "ortho" is Rippel Sec. 2's unitary DFT (energy-preserving crop: activations grow by
+            sqrt(H W / (h w)) per layer, 1/gamma, i.e. 2.6x over eq. 5's six gamma-0.85 layers).
 
     Shape:
         (N, C, H, W) real -> (N, C, h, w) real, same dtype; the FFT runs in float32 under autocast.
@@ -273,11 +292,13 @@ class SpectralPool2d(nn.Module):
         scale_factor: float | None = None,
         frequency_dropout: FrequencyDropout | float | None = None,
         method: str = "auto",
+        norm: str = "forward",
     ) -> None:
         super().__init__()
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-        self.method = method
+        _check_norm(norm)
+        self.method, self.norm = method, norm
         if (output_size is None) == (scale_factor is None):
             raise ValueError(
                 "SpectralPool2d takes exactly one of output_size and scale_factor, "
@@ -300,11 +321,10 @@ class SpectralPool2d(nn.Module):
         return pooled_size(size[0], self.scale_factor), pooled_size(size[1], self.scale_factor)
 
     def extra_repr(self) -> str:
-        if self.output_size is not None:
-            return f"output_size={self.output_size}"
-        return f"scale_factor={self.scale_factor}"
+        size = f"output_size={self.output_size}" if self.output_size is not None else f"scale_factor={self.scale_factor}"
+        return size if self.norm == "forward" else f"{size}, norm={self.norm!r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_map(x, type(self).__name__)
         size = self.output_size_for((x.shape[-2], x.shape[-1]))
-        return spectral_pool2d(x, size, self.frequency_dropout, self.method)
+        return spectral_pool2d(x, size, self.frequency_dropout, self.method, self.norm)

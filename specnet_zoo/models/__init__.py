@@ -9,10 +9,10 @@ from . import densenet_cifar  # noqa: F401
 from . import rippel  # noqa: F401
 from ._base import StagedClassifier, specnet_model_names, timm_test_exclusions
 from .alexnet import AlexNetCifar
-from .densenet_cifar import DenseNetCifar
+from .densenet_cifar import DenseNetCifar, DenseNetTable1
 from .lenet import LeNet
 from .rippel import RippelNet
 from .vgg_cifar import VggCifar
 
-__all__ = ["AlexNetCifar", "DenseNetCifar", "LeNet", "RippelNet", "StagedClassifier", "VggCifar", "specnet_model_names",
+__all__ = ["AlexNetCifar", "DenseNetCifar", "DenseNetTable1", "LeNet", "RippelNet", "StagedClassifier", "VggCifar", "specnet_model_names",
            "timm_test_exclusions"]

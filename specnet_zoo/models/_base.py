@@ -162,29 +162,34 @@ def check_input_dtype(x: torch.Tensor, dtype: torch.dtype, name: str) -> torch.T
 
 
 class ConvStage(nn.Module):
-    """Spatial stage: [Conv2d('same') -> (BatchNorm) -> ReLU] per width, then ``pool``.
+    """Spatial stage: [Conv2d -> (BatchNorm) -> ReLU] per width, then ``pool``.
 
-    Shape: (N, C_in, H, W) -> (N, widths[-1], pool(H), pool(W)).
+    ``kernel_size``: one size for every convolution or one per convolution. ``padding``: 'same' or 'valid'
+    (each convolution shrinks the map by k - 1, as in SpecNet's LeNet).
+    Shape: (N, C_in, H, W) -> (N, widths[-1], pool(H'), pool(W')), H' = H or H - len(widths) (k - 1).
     """
 
     def __init__(
         self,
         in_chs: int,
         widths: Sequence[int],
-        kernel_size: int = 3,
+        kernel_size: int | Sequence[int] = 3,
         norm: bool = False,
         pool: nn.Module | None = None,
+        padding: str = "same",
     ) -> None:
         super().__init__()
         chans = [in_chs, *widths]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel_size, padding="same") for a, b in zip(chans[:-1], chans[1:]))
+        kernels = [kernel_size] * len(widths) if isinstance(kernel_size, int) else list(kernel_size)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, k, padding=padding) for a, b, k in zip(chans[:-1], chans[1:], kernels))
         self.norms = nn.ModuleList(nn.BatchNorm2d(c) if norm else nn.Identity() for c in widths)
         self.act = nn.ReLU(inplace=True)
         self.pool = pool if pool is not None else nn.Identity()
-        self.min_size = 1
+        self.shrink = sum(k - 1 for k in kernels) if padding == "valid" else 0
+        self.min_size = 1 + self.shrink
 
     def out_size(self, n: int) -> int:
-        return pool_output_size(self.pool, n)
+        return pool_output_size(self.pool, n - self.shrink)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv, norm in zip(self.convs, self.norms):
@@ -213,17 +218,19 @@ class SpectralStage(nn.Module):
         allow_small_input: bool = False,
         density: float | None = None,
         storage: str = "compact",
+        padding: str = "same",
     ) -> None:
         super().__init__()
         block = SpectralBlock(in_chs, list(widths), kernel_size, threshold, activation,
-                              allow_small_input=allow_small_input, density=density, storage=storage)
+                              allow_small_input=allow_small_input, density=density, storage=storage, padding=padding)
         self.convs = block.convs
         self.norm = nn.BatchNorm2d(widths[-1]) if norm else nn.Identity()
         self.pool = pool if pool is not None else nn.Identity()
-        self.min_size = 1 if allow_small_input else kernel_size
+        self.shrink = len(widths) * (kernel_size - 1) if padding == "valid" else 0
+        self.min_size = max(1 if allow_small_input else kernel_size, 1 + self.shrink)
 
     def out_size(self, n: int) -> int:
-        return pool_output_size(self.pool, n)
+        return pool_output_size(self.pool, n - self.shrink)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # BatchNorm and pooling are replayed in backward from the block's packed spectra, so neither the

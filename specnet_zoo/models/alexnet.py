@@ -1,9 +1,14 @@
-"""AlexNet for CIFAR and SpecAlexNet (SpecNet, Guan et al. 2019, appendix Table 4), 32x32 input.
+"""AlexNet and SpecAlexNet exactly as SpecNet (Guan et al. 2019) appendix Table 4, 32x32 input.
 
-SpecNet's Table 4 is not reproduced offline here; this follows the usual 5-convolution CIFAR AlexNet:
-conv5x5-64, pool, conv5x5-192, pool, conv3x3-384, conv3x3-256, conv3x3-256, pool, then FC 384 ->
-FC 192 -> classes (the cuda-convnet CIFAR head). In SpecAlexNet each pooling stage is one SpecNet
-block (the three 3x3 convolutions stay spectral together). Twins have identical parameters.
+Table 4: 3x3 convolutions 24 -> pool -> 96 -> pool -> 192, 192, 96 (each with BN) -> pool, all 'same',
+then FC(1024) -> FC(1024) -> classes on the 96 x 4 x 4 features: 3,320,234 parameters. SpecAlexNet
+has three SpecNet blocks (34 x 34, 18 x 18 and, for the last three convolutions together, one block
+on the 8 x 8 maps), each followed by 2x2 max pooling.
+
+Reading (docs/fidelity.md): Table 4 gives the spectral block no BN between its FConv2D layers (a
+spectrum cannot be batch-normalised like a map), so SpecAlexNet has one BatchNorm after the last
+block's IFFT, where the spatial twin has one per convolution (768 parameters fewer). The last block's
+FFT is 8 + 3 x 2 = 14, the size that keeps its three products linear (Table 4 prints 10).
 """
 from __future__ import annotations
 
@@ -27,11 +32,12 @@ from ._base import (
 
 __all__ = ["AlexNetCifar"]
 
-_STAGES = (((64,), 5), ((192,), 5), ((384, 256, 256), 3))
+# (widths, batch norm) per pooling stage; every kernel is 3x3.
+_STAGES = (((24,), False), ((96,), False), ((192, 192, 96), True))
 
 
 class AlexNetCifar(StagedClassifier):
-    """CIFAR AlexNet; ``spectral=True`` gives SpecAlexNet.
+    """SpecNet Table 4's AlexNet; ``spectral=True`` gives SpecAlexNet.
 
     Args:
         num_classes, in_chans: classifier outputs (0: features only) and input channels.
@@ -42,7 +48,7 @@ class AlexNetCifar(StagedClassifier):
         global_pool: 'avg' (the head's pooling) or '' with num_classes=0 for unpooled features.
         drop_rate: dropout after each hidden fully connected layer.
 
-    Shape: (N, 3, H, W) -> (N, num_classes); stages reduce by 2, 4, 8 (64/192/256 channels).
+    Shape: (N, 3, H, W) -> (N, num_classes); stages reduce by 2, 4, 8 (24/96/96 channels).
     """
 
     def __init__(self, num_classes=10, in_chans=3, spectral=False, threshold=0.0, activation="split_tanh", drop_rate=0.0,
@@ -50,16 +56,16 @@ class AlexNetCifar(StagedClassifier):
         super().__init__()
         check_spectral_kwargs(type(self).__name__, spectral, threshold, activation, density, storage)
         stages, chans = [], in_chans
-        for widths, kernel in _STAGES:
+        for widths, norm in _STAGES:
             pool = nn.MaxPool2d(2)
             if spectral:
-                stages.append(SpectralStage(chans, widths, kernel, threshold, activation, pool=pool,
+                stages.append(SpectralStage(chans, widths, 3, threshold, activation, norm=norm, pool=pool,
                                             density=layer_density(density), storage=storage))
             else:
-                stages.append(ConvStage(chans, widths, kernel, pool=pool))
+                stages.append(ConvStage(chans, widths, 3, norm=norm, pool=pool))
             chans = widths[-1]
         self.stages = nn.Sequential(*stages)
-        head = ClassifierHead(chans, num_classes, pool_size=4, hidden=(384, 192), drop_rate=drop_rate,
+        head = ClassifierHead(chans, num_classes, pool_size=4, hidden=(1024, 1024), drop_rate=drop_rate,
                               global_pool=global_pool)
         self._finish(head, reductions=(2, 4, 8), in_chans=in_chans, num_classes=num_classes)
         per_layer_density(self, density)
@@ -77,13 +83,13 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def alexnet_cifar(pretrained=False, **kwargs) -> AlexNetCifar:
-    """CIFAR AlexNet (5 convs, FC 384/192), the spatial twin of SpecAlexNet."""
+    """SpecNet Table 4's AlexNet (3x3 convs 24/96/192/192/96, BN on the last three, FC 1024/1024)."""
     return _create_alexnet("alexnet_cifar", pretrained, **kwargs)
 
 
 @register_model
 def specalexnet(pretrained=False, **kwargs) -> AlexNetCifar:
-    """SpecAlexNet: CIFAR AlexNet with one SpecNet block per pooling stage (SpecNet Table 4)."""
+    """SpecAlexNet: SpecNet Table 4, the last three convolutions in one spectral block."""
     return _create_alexnet("specalexnet", pretrained, spectral=True, **kwargs)
 
 

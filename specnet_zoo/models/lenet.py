@@ -1,9 +1,11 @@
-"""LeNet-5 and SpecLeNet (SpecNet, Guan et al. 2019, appendix Table 3) for 28x28 MNIST.
+"""LeNet and SpecLeNet exactly as SpecNet (Guan et al. 2019) appendix Table 3, for 28x28 MNIST.
 
-Both convolutions use 'same' padding (SpecNet blocks crop back to the input size), so the maps are
-28 -> 14 -> 7 and the classifier sees 16 x 7 x 7 features; FC 120 -> FC 84 -> classes as in LeNet-5.
-The spectral twin runs each convolution as a SpecNet block (FFT, product, threshold, split tanh,
-IFFT) followed by 2x2 max pooling; the spatial twin uses ReLU. Both have the same parameters.
+Table 3: 'valid' 5x5 convolutions, 28 -> conv(6) 24 -> pool 12 -> conv(16) 8 -> pool 4, then FC(120)
+-> FC(80) -> classes: 43,902 parameters. SpecLeNet runs each convolution as a SpecNet block (FFT of
+the input zero-padded to M + N_k - 1 = 32, product, threshold, split tanh, IFFT, crop to the valid
+24 x 24) followed by 2x2 max pooling; the spatial twin uses ReLU. Both have the same parameters.
+Reading: Table 3 prints 15 x 15 for the second block's FFT; 12 + 5 - 1 = 16 is what its own rule
+(and a linear product) gives, so the second block uses 16 x 16 (docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ _WIDTHS = (6, 16)
 
 
 class LeNet(StagedClassifier):
-    """LeNet-5 with 'same' 5x5 convolutions; ``spectral=True`` gives SpecLeNet.
+    """SpecNet Table 3's LeNet ('valid' 5x5 convolutions, FC 120/80); ``spectral=True`` gives SpecLeNet.
 
     Args:
         num_classes: classifier outputs (0 for features only).
@@ -46,7 +48,8 @@ class LeNet(StagedClassifier):
         drop_rate: dropout after each hidden fully connected layer.
         global_pool: 'avg' (the head's pooling) or '' with num_classes=0 for unpooled features.
 
-    Shape: (N, in_chans, H, W) -> (N, num_classes); stage outputs (N, 6, H/2, W/2), (N, 16, H/4, W/4).
+    Shape: (N, in_chans, H, W) -> (N, num_classes), H, W >= 16; stage outputs (N, 6, (H - 4) / 2, ...) and
+    (N, 16, ((H - 4) / 2 - 4) / 2, ...): 12 x 12 and 4 x 4 at 28 x 28.
     """
 
     def __init__(
@@ -67,13 +70,13 @@ class LeNet(StagedClassifier):
         for width in _WIDTHS:
             pool = nn.MaxPool2d(2)
             if spectral:
-                stages.append(SpectralStage(chans, [width], 5, threshold, activation, pool=pool,
+                stages.append(SpectralStage(chans, [width], 5, threshold, activation, pool=pool, padding="valid",
                                             density=layer_density(density), storage=storage))
             else:
-                stages.append(ConvStage(chans, [width], 5, pool=pool))
+                stages.append(ConvStage(chans, [width], 5, pool=pool, padding="valid"))
             chans = width
         self.stages = nn.Sequential(*stages)
-        head = ClassifierHead(chans, num_classes, pool_size=7, hidden=(120, 84), drop_rate=drop_rate,
+        head = ClassifierHead(chans, num_classes, pool_size=4, hidden=(120, 80), drop_rate=drop_rate,
                               global_pool=global_pool)
         self._finish(head, reductions=(2, 4), in_chans=in_chans, num_classes=num_classes)
         per_layer_density(self, density)
@@ -84,20 +87,20 @@ def _create_lenet(variant: str, pretrained: bool = False, **kwargs) -> LeNet:
 
 
 default_cfgs = generate_default_cfgs({
-    "lenet5.mnist": cfg(**MNIST_CFG, pool_size=(7, 7)),
-    "speclenet.mnist": cfg(**MNIST_CFG, pool_size=(7, 7)),
+    "lenet5.mnist": cfg(**MNIST_CFG, pool_size=(4, 4)),
+    "speclenet.mnist": cfg(**MNIST_CFG, pool_size=(4, 4)),
 })
 
 
 @register_model
 def lenet5(pretrained: bool = False, **kwargs) -> LeNet:
-    """LeNet-5 ('same' 5x5 convs, ReLU, FC 120/84), the spatial twin of SpecLeNet."""
+    """SpecNet Table 3's LeNet ('valid' 5x5 convs, ReLU, FC 120/80), the spatial twin of SpecLeNet."""
     return _create_lenet("lenet5", pretrained, **kwargs)
 
 
 @register_model
 def speclenet(pretrained: bool = False, **kwargs) -> LeNet:
-    """SpecLeNet: LeNet-5 with SpecNet spectral blocks (SpecNet Table 3)."""
+    """SpecLeNet: SpecNet Table 3, one spectral block per 'valid' 5x5 convolution."""
     return _create_lenet("speclenet", pretrained, spectral=True, **kwargs)
 
 

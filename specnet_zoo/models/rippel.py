@@ -1,14 +1,16 @@
 """Rippel, Snoek & Adams 2015 architectures and their spectrally parametrized versions.
 
-* ``specpool_cifar`` (eq. 5): for m = 1..M, conv3x3 with min(96 + 32m, 288) filters -> ReLU ->
+* ``specpool_cifar`` (eq. 5): for m = 1..M, conv k x k (3x3 in eq. 5) with min(96 + 32m, 288) filters -> ReLU ->
   spectral pooling to floor(gamma * H_m) with frequency dropout c_m = alpha + (m/M)(beta - alpha) ->
   ReLU; then conv1x1 (min(96 + 32M, 288)), conv1x1 (classes), global average. The last 1x1 conv and
   the global average are linear and commute, so the classifier is global average -> ``head.fc``.
   Defaults are the paper's best configuration (gamma 0.85, alpha 0.30, beta 0.15); the paper tunes
   M, which is the ``depth`` kwarg (default 6).
 * ``rippel_generic`` (eq. 6): C96-3x3, MP 3x3/2, C192-3x3, MP 3x3/2, FC1024, FC512, classes.
-* ``rippel_deep`` (eq. 7): C96-3x3, C96-3x3, MP 3x3/2, C192-3x3 x3, MP 3x3/2, C192-1x1, then
-  C-classes 1x1 and global average (again as global average -> ``head.fc``).
+* ``rippel_deep`` (eq. 7, the network of Snoek et al. 2015, i.e. Springenberg et al.'s Model C; the
+  equation is garbled in the text): C96-3x3, C96-3x3, MP 3x3/2, C192-3x3, C192-3x3, MP 3x3/2,
+  C192-3x3, C192-1x1, then C-classes 1x1 and global average (as global average -> ``head.fc``).
+* ``kernel_size=5`` gives Fig. 5's 5x5 variants of all three (every k x k convolution; 1x1 stay 1x1).
 * ``specparam_generic``, ``specparam_deep``, ``specparam_specpool_cifar``: the same networks with
   every convolution parametrized in the frequency domain (Rippel Sec. 4, :func:`spectralize`):
   identical functions and parameter counts, different optimization geometry (use Adam).
@@ -41,9 +43,9 @@ __all__ = ["RippelNet", "SpecPoolStage"]
 class SpecPoolStage(nn.Module):
     """conv3x3 -> ReLU -> SpectralPool2d(scale gamma, frequency dropout c) -> ReLU (Rippel eq. 5)."""
 
-    def __init__(self, in_chs: int, out_chs: int, gamma: float, min_fraction: float):
+    def __init__(self, in_chs: int, out_chs: int, gamma: float, min_fraction: float, kernel_size: int = 3):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(in_chs, out_chs, 3, padding=1)])
+        self.convs = nn.ModuleList([nn.Conv2d(in_chs, out_chs, kernel_size, padding="same")])
         self.act = nn.ReLU(inplace=True)
         self.pool = SpectralPool2d(scale_factor=gamma, frequency_dropout=FrequencyDropout(min_fraction))
         self.min_size = 1
@@ -55,9 +57,9 @@ class SpecPoolStage(nn.Module):
         return torch.relu(self.pool(self.act(self.convs[0](x))))
 
 
-def _pooled_stage(in_chs: int, widths: list[int]) -> ConvStage:
-    """Convs 3x3 + ReLU, then max pooling 3x3 / 2 (padding 1: n -> ceil(n / 2)), as in eq. 6 and 7."""
-    return ConvStage(in_chs, widths, 3, pool=nn.MaxPool2d(3, 2, padding=1))
+def _pooled_stage(in_chs: int, widths: list[int], kernel_size: int) -> ConvStage:
+    """Convs k x k + ReLU, then max pooling 3x3 / 2 (padding 1: n -> ceil(n / 2)), as in eq. 6 and 7."""
+    return ConvStage(in_chs, widths, kernel_size, pool=nn.MaxPool2d(3, 2, padding=1))
 
 
 class RippelNet(StagedClassifier):
@@ -67,6 +69,7 @@ class RippelNet(StagedClassifier):
         arch: 'specpool' (eq. 5), 'generic' (eq. 6) or 'deep' (eq. 7).
         num_classes, in_chans: classifier outputs (0: features only) and input channels.
         depth, gamma, alpha, beta: eq. 5's M, pooling factor and frequency-dropout schedule.
+        kernel_size: 3 (eq. 5-7) or 5 (Fig. 5's 5x5 variants) for every spatial-support convolution.
         spectral_param: parametrize every convolution in the frequency domain (Sec. 4).
         drop_rate: dropout after hidden FC layers (eq. 6) or before the classifier.
         img_size: the input size ``feature_info`` reductions are computed for.
@@ -74,23 +77,23 @@ class RippelNet(StagedClassifier):
     """
 
     def __init__(self, arch="specpool", num_classes=10, in_chans=3, depth=6, gamma=0.85, alpha=0.30, beta=0.15,
-                 spectral_param=False, drop_rate=0.0, img_size=32, global_pool="avg"):
+                 spectral_param=False, drop_rate=0.0, img_size=32, global_pool="avg", kernel_size=3):
         super().__init__()
         stages: list[nn.Module] = []
         if arch == "specpool":
             chans = in_chans
             for m, c_m in enumerate(frequency_dropout_schedule(alpha, beta, depth), start=1):
                 width = min(96 + 32 * m, 288)
-                stages.append(SpecPoolStage(chans, width, gamma, c_m))
+                stages.append(SpecPoolStage(chans, width, gamma, c_m, kernel_size))
                 chans = width
             stages.append(ConvStage(chans, [min(96 + 32 * depth, 288)], kernel_size=1))
             head_kwargs = dict(pool_size=1)
         elif arch == "generic":
-            stages = [_pooled_stage(in_chans, [96]), _pooled_stage(96, [192])]
+            stages = [_pooled_stage(in_chans, [96], kernel_size), _pooled_stage(96, [192], kernel_size)]
             head_kwargs = dict(pool_size=8, hidden=(1024, 512))
         elif arch == "deep":
-            stages = [_pooled_stage(in_chans, [96, 96]), _pooled_stage(96, [192, 192, 192]),
-                      ConvStage(192, [192], kernel_size=1)]
+            stages = [_pooled_stage(in_chans, [96, 96], kernel_size), _pooled_stage(96, [192, 192], kernel_size),
+                      ConvStage(192, [192, 192], kernel_size=(kernel_size, 1))]
             head_kwargs = dict(pool_size=1)
         else:
             raise ValueError(f"arch must be 'specpool', 'generic' or 'deep', got {arch!r}")
@@ -146,7 +149,7 @@ def rippel_generic(pretrained=False, **kwargs) -> RippelNet:
 
 @register_model
 def rippel_deep(pretrained=False, **kwargs) -> RippelNet:
-    """Rippel eq. 7: 2x C96, MP, 3x C192, MP, C192-1x1, classes-1x1, global average."""
+    """Rippel eq. 7 (Model C): 2x C96, MP, 2x C192, MP, C192, C192-1x1, classes-1x1, global average."""
     return _create_rippel("rippel_deep", pretrained, arch="deep", **kwargs)
 
 
