@@ -127,3 +127,33 @@ def test_rippel_5x5_variants(name):
     spatial = [m.kernel_size for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
     assert spatial and all(k == (5, 5) for k in spatial)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("threshold,activation", [(0.0, None), (0.5, "split_tanh")])
+def test_dense_block_compact_backward_equals_autograd_and_gradchecks(threshold, activation):
+    """SpecDenseNet's one-FFT block: packed-spectra backward vs plain autograd (storage="dense"), float64."""
+    from torch.autograd import gradcheck
+
+    from specnet_zoo.layers.compact import NormPool
+
+    torch.manual_seed(0)
+
+    def make(storage):
+        return [SpectralConv2d(3 + 2 * i, 2, 3, threshold=threshold, activation=activation, storage=storage).double()
+                for i in range(3)]
+
+    dense, compact = make("dense"), make("compact")
+    for a, b in zip(dense, compact):
+        b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    norm = torch.nn.BatchNorm2d(9).double()
+    outs = [spectral_conv_chain(x, convs, epilogue=NormPool(norm, torch.nn.MaxPool2d(2)), dense=True)
+            for convs in (dense, compact)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-12)
+    grad = torch.randn_like(outs[0])
+    wrt = [[x, *(p for c in convs for p in c.parameters()), *norm.parameters()] for convs in (dense, compact)]
+    expected, got = (torch.autograd.grad(o, w, grad) for o, w in zip(outs, wrt))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    small = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda t: spectral_conv_chain(t, compact, dense=True), (small,))

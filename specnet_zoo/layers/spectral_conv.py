@@ -371,7 +371,7 @@ class SpectralConv2d(nn.Conv2d):
         return tuple((kk - 1) // 2 for kk in self.effective_kernel_size)  # type: ignore[return-value]
 
     def kernel_matrices(self, fft_size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        """Real (2, P Q', C_in, C_out): Re and Im of ``kernel_spectrum`` per frequency, for :func:`mix_channels`.
+        """Real (2, P Q', C_in, C_out): Re and Im of the centred, flipped kernel's unnormalised rfft2 per frequency.
 
         One GEMM of the cached tap phases with the k_h k_w spatial taps, written directly in the
         layout ``bmm`` consumes: no kernel FFT, flip, permute or complex temporaries. Those dominated
