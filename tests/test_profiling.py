@@ -126,6 +126,10 @@ def test_profile_command_prints_layers_and_ratios(capsys, shared_data):
     assert "lenet5 MB" in out
     ratio = float(next(line for line in out.splitlines() if line.startswith("saved activations")).split()[-1])
     assert 0 < ratio < 1
+    # every spectral layer's kept fraction at the paper's betas (eq. 7 scale), on the same real batch
+    assert "kept fraction by layer   beta 0.5   beta 0.7     beta 1   beta 1.5" in out
+    mean = [float(v) for v in next(line for line in out.splitlines() if line.startswith("mean ")).split()[1:]]
+    assert len(mean) == 4 and 1 >= mean[0] > mean[1] > mean[2] > mean[3] > 0
 
 
 def test_profile_command_errors(capsys):
