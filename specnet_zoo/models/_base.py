@@ -123,6 +123,13 @@ def check_spectral_kwargs(
         )
 
 
+def spectral_settings(model: str, spectral: bool, threshold: float, activation, density, storage: str) -> dict:
+    """Checked SpecNet keyword arguments for every spectral convolution of ``model`` (a per-layer density
+    sequence is applied afterwards by :func:`per_layer_density`)."""
+    check_spectral_kwargs(model, spectral, threshold, activation, density, storage)
+    return dict(threshold=threshold, density=layer_density(density), activation=activation, storage=storage)
+
+
 def pool_output_size(pool: nn.Module, n: int) -> int:
     """Spatial size after ``pool`` (identity, max or average pooling) for an input of size ``n``."""
     if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):

@@ -34,12 +34,11 @@ from ._base import (
     StagedClassifier,
     build,
     cfg,
-    check_spectral_kwargs,
     exclude_from_timm_tests,
-    layer_density,
     per_layer_density,
     pool_output_size,
     register_model,
+    spectral_settings,
 )
 
 __all__ = ["DenseNetCifar"]
@@ -169,8 +168,7 @@ class DenseNetTable1(StagedClassifier):
                  threshold=0.0, activation="split_tanh", drop_rate=0.0, density=None, storage="compact",
                  global_pool="avg"):
         super().__init__()
-        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation, density, storage)
-        sparsity = dict(threshold=threshold, density=layer_density(density), activation=activation, storage=storage)
+        sparsity = spectral_settings(type(self).__name__, spectral, threshold, activation, density, storage)
         if spectral:
             stem = SpectralStage(in_chans, [stem_chs], 3, pool=nn.MaxPool2d(2), **sparsity)
         else:
@@ -203,8 +201,7 @@ class DenseNetCifar(StagedClassifier):
                  threshold=0.0, activation="split_tanh", drop_rate=0.0, density=None, storage="compact",
                  global_pool="avg"):
         super().__init__()
-        check_spectral_kwargs(type(self).__name__, spectral, threshold, activation, density, storage)
-        sparsity = dict(threshold=threshold, density=layer_density(density), activation=activation, storage=storage)
+        sparsity = spectral_settings(type(self).__name__, spectral, threshold, activation, density, storage)
         if (depth - 4) % 3:
             raise ValueError(f"DenseNet depth must be 3 * layers_per_block + 4, got {depth}")
         per_block = (depth - 4) // 3
