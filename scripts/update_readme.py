@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Regenerate README.md's generated sections: the model table from the registry (``specnet-zoo models
---markdown``) and the training-memory tables from ``docs/specnet_memory.md`` (written by
-``specnet-zoo reproduce specnet-memory --out docs``).
+--markdown``), the training-memory tables from ``docs/specnet_memory.md`` (written by
+``specnet-zoo reproduce specnet-memory --out docs``) and the step benchmarks from
+``docs/bench_models_cpu.md`` / ``docs/bench_models_cuda.md`` (written by ``scripts/bench_models.py --markdown``).
 
     python scripts/update_readme.py [--check]
 
@@ -16,6 +17,9 @@ from specnet_zoo import model_table
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MEMORY = ROOT / "docs" / "specnet_memory.md"
+BENCH = {device: ROOT / "docs" / f"bench_models_{device}.md" for device in ("cpu", "cuda")}
+NO_GPU = ("GPU: not measured yet (no accelerator was available when these tables were generated); run "
+          "`python scripts/bench_models.py --device cuda --markdown docs/bench_models_cuda.md` on one.")
 
 
 def _section(text: str, name: str, body: str) -> str:
@@ -27,7 +31,9 @@ def _section(text: str, name: str, body: str) -> str:
 
 def render(text: str) -> str:
     text = _section(text, "model-table", model_table(markdown=True))
-    return _section(text, "specnet-memory", MEMORY.read_text())
+    text = _section(text, "specnet-memory", MEMORY.read_text())
+    text = _section(text, "bench-models-cpu", BENCH["cpu"].read_text())
+    return _section(text, "bench-models-cuda", BENCH["cuda"].read_text() if BENCH["cuda"].exists() else NO_GPU)
 
 
 def main() -> int:
@@ -38,7 +44,7 @@ def main() -> int:
     new = render(text)
     if args.check:
         if new != text:
-            print("README.md model table is out of date: run python scripts/update_readme.py", file=sys.stderr)
+            print("README.md's generated tables are out of date: run python scripts/update_readme.py", file=sys.stderr)
             return 1
         return 0
     README.write_text(new)

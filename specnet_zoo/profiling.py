@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,14 +26,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "LayerMemory",
     "MemoryReport",
     "SavedTensorRecorder",
+    "count_ops",
     "make_optimizer",
     "measure_memory",
-    "profiler_forward_bytes",
     "step_peak_bytes",
     "tensors_in",
     "unique_bytes",
@@ -312,6 +314,27 @@ def _checkpoint_segments(model: nn.Module) -> list[nn.Module]:
     return list(stages) if isinstance(stages, nn.Sequential) else list(model.children())
 
 
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> Counter:
+    """aten operator calls while ``fn()`` runs, by operator (views included: each is a dispatcher call).
+
+    Deterministic for a given model and input shape, and on a GPU nearly every call that is not a view
+    launches a kernel, so it measures the launch and Python overhead a device cannot hide.
+    """
+    with _OpCounter() as counter:
+        fn()
+    return counter.calls
+
+
 def step_peak_bytes(step: Callable[[], None], device: torch.device) -> tuple[int, str]:
     """Peak bytes allocated above the start while ``step()`` runs: (bytes, how it was measured)."""
     if device.type == "cuda":
@@ -345,16 +368,6 @@ def _profiled_allocations(fn: Callable[[], object], device: torch.device) -> lis
         if event.tag == _EventType.Allocation and event.extra_fields.device.type == device.type:
             events.append((event.start_time_ns, event.extra_fields.alloc_size))
     return [size for _, size in sorted(events, key=lambda e: e[0])]
-
-
-def profiler_forward_bytes(model: nn.Module, inputs: torch.Tensor) -> int:
-    """Bytes a forward leaves allocated (everything kept for backward plus the output), by torch.profiler.
-
-    An independent check of :class:`SavedTensorRecorder`: no hooks, only the allocator's events.
-    """
-    result = []
-    sizes = _profiled_allocations(lambda: result.append(model(inputs)), inputs.device)
-    return sum(sizes)
 
 
 def measure_memory(

@@ -20,9 +20,9 @@ from specnet_zoo import cli
 from specnet_zoo.data import CIFAR10DataModule
 from specnet_zoo.data.sources import extract_image_folder
 from specnet_zoo.layers import SpectralBlock, SpectralConv2d, SpectralPool2d
-from specnet_zoo.layers.compact import _bit_weights
-from specnet_zoo.layers.spectral_conv import _tap_phases
-from specnet_zoo.layers.spectral_pool import _resize_matrix_cached
+from specnet_zoo.layers.packing import _bit_weights
+from specnet_zoo.layers.spectral_product import tap_phases
+from specnet_zoo.layers.spectral_resize import _resize_matrix_cached
 from specnet_zoo.models import specnet_model_names
 from specnet_zoo.training import ImageClassifier, MemoryMonitor
 from specnet_zoo.training.module import DivergenceError
@@ -164,7 +164,7 @@ def test_two_process_ddp_fit_on_cifar10_jpeg_archives_from_an_empty_cache(tmp_pa
 @pytest.mark.parametrize("name,kwargs", [("specvgg16", dict(storage="dense")), ("specpool_cifar", {}),
                                          ("speclenet", dict(density=0.3, storage="int8"))])
 def test_inference_mode_forward_then_training(name, kwargs):
-    for cache in (_tap_phases, _resize_matrix_cached, _bit_weights):
+    for cache in (tap_phases, _resize_matrix_cached, _bit_weights):
         cache.cache_clear()  # as in a fresh process: the first use happens under inference mode
     model = specnet_zoo.create_model(name, **kwargs)
     c, h, w = model.pretrained_cfg["input_size"]

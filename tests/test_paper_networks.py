@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import specnet_zoo
 from specnet_zoo.layers import SpectralConv2d, spectral_conv_chain
-from specnet_zoo.layers.spectral_conv import SpectralChain
+from specnet_zoo.layers.spectral_chain import SpectralChain
 
 
 def _params(name: str, **kwargs) -> int:

@@ -6,6 +6,13 @@ from torch.autograd import gradcheck
 
 from specnet_zoo.layers import SpectralBlock, SpectralConv2d, block_fft_size, fast_fft_size, spectral_conv_chain
 from specnet_zoo.layers._fft import hermitian_repair
+from specnet_zoo.layers.spectral_chain import hermitian_repair_grid
+from specnet_zoo.layers.spectral_product import (
+    kernel_spectrum,
+    kernel_spectrum_backward,
+    mix_channels,
+    mix_channels_backward,
+)
 
 from reference import reference_conv_same
 
@@ -67,7 +74,7 @@ def test_threshold_zeroes_small_entries_and_keeps_hermitian_symmetry():
     conv = SpectralConv2d(3, 4, 3, threshold=beta, activation="split_tanh").double()
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     size = (14, 14)
-    spectrum = torch.fft.rfft2(x, s=size, norm="ortho").permute(2, 3, 0, 1)  # frequency-major
+    spectrum = torch.fft.rfft2(x, s=size, norm="ortho").permute(2, 3, 1, 0)  # frequency-major (P, Q', C, N)
     out = conv.spectral_forward(spectrum, size)
     linear = SpectralConv2d(3, 4, 3).double()
     linear.load_state_dict(conv.state_dict())
@@ -77,7 +84,7 @@ def test_threshold_zeroes_small_entries_and_keeps_hermitian_symmetry():
     assert (out[zeroed] == 0).all()
     torch.testing.assert_close(out[~zeroed], torch.complex(torch.tanh(pre.real), torch.tanh(pre.imag))[~zeroed])
     # Hermitian: the self-conjugate columns need no repair, so the inverse is a real map.
-    natural = out.permute(2, 3, 0, 1)
+    natural = out.permute(3, 2, 0, 1)
     torch.testing.assert_close(hermitian_repair(natural, size[1]), natural, rtol=0, atol=1e-12)
 
 
@@ -88,6 +95,9 @@ def test_hermitian_repair_does_what_cpu_irfft_does(width):
     repaired = hermitian_repair(spectrum, width)
     torch.testing.assert_close(torch.fft.irfft2(repaired, s=(7, width)), torch.fft.irfft2(spectrum, s=(7, width)))
     torch.testing.assert_close(hermitian_repair(repaired, width), repaired)
+    # The frequency-major (P, Q', C, N) repair of a block's spectra does the same.
+    grid = hermitian_repair_grid(spectrum.permute(2, 3, 1, 0), width)
+    torch.testing.assert_close(grid.permute(3, 2, 0, 1), repaired, rtol=0, atol=0)
     # And it is Hermitian for real: the full complex inverse of the completed spectrum is real.
     full = torch.fft.fft2(torch.fft.irfft2(repaired, s=(7, width)))
     torch.testing.assert_close(full[..., : width // 2 + 1], repaired)
@@ -175,18 +185,18 @@ def test_errors_are_specific():
     with pytest.raises(TypeError, match="real floating-point"):
         conv(torch.randn(1, 3, 8, 8, dtype=torch.complex64))
     with pytest.raises(ValueError, match="frequency-major"):
-        conv.spectral_forward(torch.randn(8, 5, 1, 3), (8, 8))
-    with pytest.raises(ValueError, match=r"frequency-major \(8, 5, N, 3\)"):
+        conv.spectral_forward(torch.randn(8, 5, 3, 1), (8, 8))
+    with pytest.raises(ValueError, match=r"frequency-major \(8, 5, 3, N\)"):
         conv.spectral_forward(torch.randn(1, 3, 8, 5, dtype=torch.complex64), (8, 8))
     with pytest.raises(ValueError, match="at least one"):
         SpectralBlock(3, [])
 
 
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (4, 1), ((3, 5), 1), (3, 2), ((2, 3), (3, 1))])
-def test_kernel_matrices_are_the_centred_kernel_fft(kernel_size, dilation):
+def test_kernel_spectrum_is_the_centred_kernel_fft(kernel_size, dilation):
     conv = SpectralConv2d(3, 2, kernel_size, dilation=dilation).double()
     size = (13, 10)
-    matrices = conv.kernel_matrices(size, torch.float64).reshape(2, 13, 6, 3, 2)  # (re/im, P, Q', i, o)
+    kernel = kernel_spectrum(conv.weight, conv.dilation, size, torch.complex128).reshape(13, 6, 2, 3)  # (P, Q', o, i)
     # Reference: dilate, flip, zero-pad to the FFT size, move the 'same' centre to the origin, FFT.
     (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
     dilated = torch.zeros(2, 3, dh * (kh - 1) + 1, dw * (kw - 1) + 1, dtype=torch.float64)
@@ -194,9 +204,27 @@ def test_kernel_matrices_are_the_centred_kernel_fft(kernel_size, dilation):
     padded = F.pad(dilated.flip(-2, -1), (0, size[1] - dilated.shape[-1], 0, size[0] - dilated.shape[-2]))
     centred = torch.roll(padded, shifts=(-(dilated.shape[-2] - 1 - conv.centre[0]), -(dilated.shape[-1] - 1 - conv.centre[1])),
                          dims=(-2, -1))
-    spectrum = torch.fft.rfft2(centred).permute(2, 3, 1, 0)  # (P, Q', i, o)
-    torch.testing.assert_close(matrices[0], spectrum.real)
-    torch.testing.assert_close(matrices[1], spectrum.imag)
+    spectrum = torch.fft.rfft2(centred).permute(2, 3, 0, 1)  # (P, Q', o, i)
+    torch.testing.assert_close(kernel, spectrum)
+    conj = kernel_spectrum(conv.weight, conv.dilation, size, torch.complex128, conjugate=True)
+    torch.testing.assert_close(conj.reshape(13, 6, 2, 3), spectrum.conj())
+
+
+def test_spectral_product_backward_equals_autograd_float64():
+    """The hand-written adjoints of the kernel spectrum and the channel mix, against autograd."""
+    weight = torch.randn(4, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    spectrum = torch.randn(7 * 5, 3, 6, dtype=torch.complex128, requires_grad=True)
+    kernel = kernel_spectrum(weight, (1, 2), (7, 9), torch.complex128)
+    out = mix_channels(spectrum, kernel)
+    grad = torch.randn_like(out)
+    expected = torch.autograd.grad(out, (spectrum, weight), grad)
+    with torch.no_grad():
+        conj = kernel_spectrum(weight, (1, 2), (7, 9), torch.complex128, conjugate=True)
+        grad_in, grad_kernel = mix_channels_backward(spectrum, conj, grad)
+        grad_weight = kernel_spectrum_backward(grad_kernel, weight, (1, 2), (7, 9))
+    torch.testing.assert_close(grad_in, expected[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_weight, expected[1], rtol=0, atol=1e-12)
+    assert mix_channels_backward(spectrum, conj, grad, need_input_grad=False)[0] is None
 
 
 @pytest.mark.parametrize("kernel_size,size", [(5, (12, 12)), (3, (9, 8)), ((3, 5), (10, 11)), (4, (8, 9))])
@@ -218,7 +246,7 @@ def test_block_fft_size_is_the_linear_size_growing_only_where_storage_does_not()
     assert block_fft_size(17, 22) == (17, 22)  # 23 is prime: no faster size with 12 columns
     block = SpectralBlock(3, [4], 3)
     block(torch.randn(1, 3, 32, 32))
-    from specnet_zoo.layers.spectral_conv import SpectralChain
+    from specnet_zoo.layers.spectral_chain import SpectralChain
 
     assert SpectralChain(list(block.convs), (32, 32), None, None).fft_size == (34, 35)  # SpecNet: M + N_k - 1
 
@@ -228,9 +256,31 @@ def test_threshold_is_beta_on_the_unnormalised_dft_scale():
     conv = SpectralConv2d(2, 3, 3, threshold=0.7).double()
     x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
     conv(x)
-    spectrum = torch.fft.rfft2(x, s=(10, 10)).permute(2, 3, 0, 1)  # unnormalised, as eq. 7
+    spectrum = torch.fft.rfft2(x, s=(10, 10)).permute(2, 3, 1, 0)  # unnormalised, as eq. 7
     plain = SpectralConv2d(2, 3, 3).double()
     plain.load_state_dict(conv.state_dict())
     unnormalised = plain.spectral_forward(spectrum / 10, (10, 10)) * 10  # ortho -> unnormalised scale
     expected = (unnormalised.abs() >= 0.7).double().mean()
     torch.testing.assert_close(conv.measured_density.double(), expected)
+
+
+@pytest.mark.parametrize("threshold,padding", [(0.0, "same"), (0.5, "same"), (0.0, "valid")])
+def test_torch_compile_matches_eager(threshold, padding):
+    """torch.compile traces the block (the threshold's data-dependent packing falls back to eager); the
+    'valid' crop is a view with an offset, which the compiler once got wrong."""
+    torch.manual_seed(0)
+    block = SpectralBlock(3, [8, 8], threshold=threshold, padding=padding)
+    x = torch.randn(4, 3, 12, 12)
+    side = 12 if padding == "same" else 8
+    weights = torch.linspace(-1, 1, 4 * 8 * side * side).view(4, 8, side, side)
+
+    def run(fn):
+        xg = x.clone().requires_grad_()
+        y = fn(xg)
+        grads = torch.autograd.grad((y * weights).sum(), [xg, *block.parameters()])
+        return y.detach(), grads
+
+    (y_eager, g_eager), (y_compiled, g_compiled) = run(block), run(torch.compile(block))
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

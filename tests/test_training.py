@@ -46,9 +46,14 @@ def _recipe_args(recipe: Path, tmp_path: Path, shared_data: Path, fixture_data: 
 
 
 @pytest.mark.shared_data
+@pytest.mark.parametrize("precision", ["recipe", "bf16-mixed"])
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(ROOT / "recipes")) for r in RECIPES])
-def test_recipe_fast_dev_run(recipe, tmp_path, shared_data, fixture_data):
-    cli = cli_main(_recipe_args(recipe, tmp_path / "run", shared_data, fixture_data))
+def test_recipe_fast_dev_run(recipe, precision, tmp_path, shared_data, fixture_data):
+    """Every recipe trains a step as written, and under Lightning's bf16-mixed (spectral parts in fp32)."""
+    args = _recipe_args(recipe, tmp_path / "run", shared_data, fixture_data)
+    if precision != "recipe":
+        args += ["--trainer.precision", precision]
+    cli = cli_main(args)
     metrics = cli.trainer.callback_metrics  # after test_after_fit, the test metrics
     assert cli.trainer.global_step == 1
     stage = "test" if yaml.safe_load(recipe.read_text()).get("test_after_fit") else "val"

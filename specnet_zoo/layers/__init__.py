@@ -17,7 +17,8 @@ from .spectral_param import (
     spectral_kernel_basis,
     spectralize,
 )
-from .spectral_pool import SpectralPool2d, spectral_pool2d, spectral_resize2d
+from .spectral_pool import SpectralPool2d, spectral_pool2d
+from .spectral_resize import spectral_resize2d
 from .split_tanh import SplitTanh, split_tanh
 
 __all__ = [

@@ -7,8 +7,7 @@ spectrum of shape (H, W // 2 + 1) holding the non-redundant half; rows are in FF
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -38,17 +37,25 @@ def constant_cache(maxsize: int) -> Callable:
 
     The tensors are built with inference mode and autograd off: a constant first needed inside
     ``torch.inference_mode()`` (e.g. ``trainer.validate`` before ``fit``) must not become an
-    inference tensor, which later training could not save for backward.
+    inference tensor, which later training could not save for backward. Under ``torch.compile`` the
+    builder is traced instead (its arguments are constants, so the compiler folds it).
     """
 
     def decorate(build: Callable) -> Callable:
         @functools.lru_cache(maxsize=maxsize)
-        @functools.wraps(build)
         def cached(*args):
             with torch.inference_mode(False), torch.no_grad():
                 return build(*args)
 
-        return cached
+        @functools.wraps(build)
+        def lookup(*args):
+            if torch.compiler.is_compiling():
+                return build(*args)
+            return cached(*args)
+
+        lookup.cache_clear = cached.cache_clear
+        lookup.cache_info = cached.cache_info
+        return lookup
 
     return decorate
 
@@ -58,11 +65,10 @@ def fft_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in _FFT_DTYPES else torch.float32
 
 
-@contextmanager
-def fft_precision(x: torch.Tensor) -> Iterator[None]:
-    """Disable autocast for the FFT region: cuFFT half needs power-of-two sizes, bf16/CPU half has no FFT."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        yield
+def fft_precision(x: torch.Tensor) -> torch.autocast:
+    """Disable autocast for the FFT region: cuFFT half needs power-of-two sizes, bf16/CPU half has no FFT, and
+    no complex bf16 GEMM exists. (A plain ``torch.autocast``, which ``torch.compile`` traces through.)"""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def output_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -14,16 +14,10 @@ spectra with one GEMM from the k x k taps, and a block's spatial output, its Bat
 (a :class:`Replay`) are replayed from X_L. A block whose input is another compact block's output
 stores no copy of it at all: it asks that block to replay it.
 
-Storage modes (``storage=``):
-    "compact": lossless; gradients equal the dense computation to rounding.
-    "float16": kept values in float16 (relative error <= 2^-11 per value; split-tanh outputs lie in
-        [-1, 1], so no overflow). Forward is unchanged; backward sees the rounded values.
-    "int8": kept values as int8 with one absmax scale per 128 values (error <= scale / 2, 3% overhead).
-    "dense": no compaction; ordinary autograd (the reference path).
+Storage modes and the packed format: :mod:`.packing`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -31,127 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ._fft import constant_cache
+from .packing import PackedSpectrum
 
-__all__ = [
-    "STORAGES",
-    "PackedSpectrum",
-    "Replay",
-    "NormPool",
-    "ConcatNorm",
-    "CompactChain",
-    "can_replay",
-    "mix_channels_backward",
-    "pack_bits",
-    "unpack_bits",
-]
-
-STORAGES = ("compact", "float16", "int8", "dense")
-
-
-@constant_cache(maxsize=16)
-def _bit_weights(device: torch.device) -> torch.Tensor:
-    return (2 ** torch.arange(8, device=device)).to(torch.uint8)
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as uint8 bytes, 8 entries per byte (little-endian bit order): (ceil(numel / 8),)."""
-    flat = mask.reshape(-1)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    return (flat.view(-1, 8).to(torch.uint8) * _bit_weights(mask.device)).sum(1, dtype=torch.uint8)
-
-
-def unpack_bits(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: the bool tensor of ``shape``."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    flat = (bits[:, None] & _bit_weights(bits.device)).ne(0).reshape(-1)
-    return flat[:numel].reshape(tuple(shape))
-
-
-@dataclass
-class PackedSpectrum:
-    """A complex spectrum stored as kept values (+ a bitmask of where they go).
-
-    ``values`` is real (k, 2) [Re, Im] in the spectrum's real dtype, float16 or int8 (with ``scale``);
-    ``bits`` is None when nothing was zeroed (values then hold every entry, in order).
-    """
-
-    values: torch.Tensor
-    bits: torch.Tensor | None
-    scale: torch.Tensor | None
-    shape: tuple[int, ...]
-    dtype: torch.dtype  # complex dtype of the spectrum
-
-    @classmethod
-    def pack(cls, spectrum: torch.Tensor, mask: torch.Tensor | None, storage: str) -> "PackedSpectrum":
-        if storage not in STORAGES[:3]:
-            raise ValueError(f"cannot pack a spectrum with storage={storage!r}; expected one of {STORAGES[:3]}")
-        kept = spectrum.reshape(-1) if mask is None else spectrum[mask]
-        values = torch.view_as_real(kept)
-        scale = None
-        if storage == "float16":
-            values = values.to(torch.float16)
-        elif storage == "int8":
-            values, scale = _quantize_int8(values)
-        elif mask is None:
-            values = values.clone()  # a view of the live forward tensor otherwise (masked selection copies)
-        bits = None if mask is None else pack_bits(mask)
-        return cls(values, bits, scale, tuple(spectrum.shape), spectrum.dtype)
-
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return tuple(t for t in (self.values, self.bits, self.scale) if t is not None)
-
-    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> "PackedSpectrum":
-        it = iter(tensors)
-        values = next(it)
-        bits = next(it) if self.bits is not None else None
-        scale = next(it) if self.scale is not None else None
-        return PackedSpectrum(values, bits, scale, self.shape, self.dtype)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
-
-    def mask(self) -> torch.Tensor | None:
-        return None if self.bits is None else unpack_bits(self.bits, self.shape)
-
-    def unpack(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(complex spectrum of ``shape``, bool mask or None)."""
-        real = torch.empty((), dtype=self.dtype).real.dtype
-        if self.scale is None:
-            values = self.values.to(real)
-        else:
-            values = _dequantize_int8(self.values, self.scale, real)
-        kept = torch.view_as_complex(values.contiguous())
-        if self.bits is None:
-            return kept.reshape(self.shape), None
-        mask = self.mask()
-        out = torch.zeros(self.shape, dtype=self.dtype, device=values.device)
-        return out.masked_scatter_(mask, kept), mask
-
-
-INT8_GROUP = 128  # values sharing one scale: neighbours in storage order are one frequency's channels
-
-
-def _quantize_int8(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blockwise absmax int8: (k, 2) real -> int8 (k, 2) and one float32 scale per ``INT8_GROUP`` reals."""
-    flat = values.reshape(-1)
-    pad = (-flat.numel()) % INT8_GROUP
-    groups = torch.cat([flat, flat.new_zeros(pad)]).view(-1, INT8_GROUP)
-    scale = (groups.abs().amax(1, keepdim=True).float() / 127).clamp_min(torch.finfo(torch.float32).tiny)
-    q = torch.round(groups / scale.to(groups.dtype)).clamp_(-127, 127).to(torch.int8)
-    return q.reshape(-1)[: flat.numel()].view_as(values), scale.reshape(-1)
-
-
-def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    flat = q.reshape(-1)
-    pad = (-flat.numel()) % INT8_GROUP
-    groups = torch.cat([flat, flat.new_zeros(pad)]).view(-1, INT8_GROUP).to(dtype) * scale.to(dtype)[:, None]
-    return groups.reshape(-1)[: flat.numel()].view(q.shape)
+__all__ = ["Replay", "NormPool", "ConcatNorm", "CompactChain", "can_replay"]
 
 
 class Replay:
@@ -255,10 +131,15 @@ def _saved(ctx) -> tuple[torch.Tensor, ...]:
 
 
 def replay_output(node) -> torch.Tensor:
-    """Recompute a compact chain's output, without grad, from what its autograd node saved."""
+    """Recompute a compact chain's output (detached) from what its autograd node saved.
+
+    The epilogue's graph of the replay is left on the node (``node.replayed``): the node's own backward
+    runs next and differentiates it instead of replaying the same output again.
+    """
     saved = _saved(node)
-    with torch.no_grad():
-        return node.impl.replay_output(saved[node.param_slice], _unflatten_packs(node, saved)[-1])
+    out, node.replayed = node.impl.replay_output(saved[node.param_slice], _unflatten_packs(node, saved)[-1],
+                                                 node.needs_input_grad[2:])
+    return out
 
 
 def _unflatten_packs(ctx, saved: Sequence[torch.Tensor]) -> list[PackedSpectrum]:
@@ -303,46 +184,7 @@ class CompactChain(torch.autograd.Function):
         ctx.unpacked = None
         kept = iter(saved[: ctx.param_slice.start])
         inputs = [next(kept) if src is None else replay_output(src) for src in ctx.sources]
+        replayed, ctx.replayed = getattr(ctx, "replayed", None), None
         grads = ctx.impl.backward_packed(inputs, saved[ctx.param_slice], _unflatten_packs(ctx, saved), grad_out,
-                                         ctx.needs_input_grad[2:])
+                                         ctx.needs_input_grad[2:], replayed)
         return (None, None, *grads)
-
-
-def split_tanh_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Gradient through ``f(a + ib) = tanh(a) + i tanh(b)`` from its output: tanh' = 1 - tanh^2.
-
-    Overwrites and returns ``grad`` (complex, same shape as ``out``): one real temporary, not four.
-    """
-    factor = torch.view_as_real(out).square().neg_().add_(1)
-    torch.view_as_real(grad).mul_(factor)
-    return grad
-
-
-def mix_channels_backward(
-    spectrum: torch.Tensor, kernel: torch.Tensor, grad: torch.Tensor, need_input_grad: bool = True
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Gradients of ``Y = mix_channels(X, K)`` (per frequency ``Y = X K``, complex) for a real loss.
-
-    With ``G = dL/dRe Y + i dL/dIm Y`` (PyTorch's convention) and rows [Re X; Im X]:
-    ``dRe K = rows^T [Re G; Im G]``, ``dIm K = rows^T [Im G; -Re G]`` and
-    ``[dRe X; dIm X] = [Re G; Im G] Re K^T + [Im G; -Re G] Im K^T``.
-
-    Args:
-        spectrum: complex (P, Q', N, C_in); kernel: real (2, P Q', C_in, C_out);
-        grad: complex (P, Q', N, C_out).
-
-    Returns:
-        (complex (P, Q', N, C_in) or None, real (2, P Q', C_in, C_out)).
-    """
-    p, q, n, c_in = spectrum.shape
-    rows = torch.view_as_real(spectrum).permute(0, 1, 4, 2, 3).reshape(p * q, 2 * n, c_in)
-    g = torch.view_as_real(grad).permute(0, 1, 4, 2, 3).reshape(p * q, 2, n, -1)
-    g_stack = g.reshape(p * q, 2 * n, -1)  # [Re G; Im G]
-    g_turn = torch.cat([g[:, 1], -g[:, 0]], dim=1)  # [Im G; -Re G]
-    rows_t = rows.transpose(1, 2)
-    grad_kernel = torch.stack([torch.bmm(rows_t, g_stack), torch.bmm(rows_t, g_turn)])
-    if not need_input_grad:
-        return None, grad_kernel
-    stacked = torch.bmm(g_stack, kernel[0].transpose(1, 2)) + torch.bmm(g_turn, kernel[1].transpose(1, 2))
-    stacked = stacked.reshape(p, q, 2, n, c_in)
-    return torch.complex(stacked[:, :, 0], stacked[:, :, 1]), grad_kernel

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ._fft import check_map
+from .spectral_resize import spectral_resize2d
 
 __all__ = ["FrequencyDropout", "frequency_dropout_schedule"]
 
@@ -88,9 +89,6 @@ class FrequencyDropout(nn.Module):
         return keep[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # imported here: spectral_pool imports this module
-        from .spectral_pool import spectral_resize2d
-
         check_map(x, type(self).__name__)
         if not self.training:
             return x

@@ -1,0 +1,125 @@
+"""What a SpecNet block keeps of a spectrum for backward: kept values + a 1-bit mask (Guan et al. 2019, Sec. 3.3).
+
+A thresholded spectrum X_l (SpecNet eq. 4) is stored as the entries the threshold kept plus a bitmask
+of where they go, which is all backward needs (the module docstring of :mod:`.compact` says why).
+Storage modes (``storage=``):
+
+    "compact": lossless. A spectrum nothing was zeroed in is kept as it is (no copy).
+    "float16": kept values in float16 (relative error <= 2^-11; split-tanh outputs lie in [-1, 1]).
+    "int8": kept values as int8 with one absmax scale per 128 values (error <= scale / 2, 3% overhead).
+    "dense": no compaction; ordinary autograd (the reference path), never packed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._fft import constant_cache
+
+__all__ = ["INT8_GROUP", "STORAGES", "PackedSpectrum", "pack_bits", "unpack_bits"]
+
+STORAGES = ("compact", "float16", "int8", "dense")
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+INT8_GROUP = 128  # reals sharing one scale: neighbours in storage order are one frequency's channels
+
+
+@constant_cache(maxsize=16)
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    return (2 ** torch.arange(8, device=device)).to(torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bytes, 8 entries per byte (little-endian bit order): (ceil(numel / 8),)."""
+    flat = F.pad(mask.reshape(-1), (0, (-mask.numel()) % 8))
+    return flat.view(-1, 8).mul(_bit_weights(mask.device)).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the bool tensor of ``shape``."""
+    flags = bits.unsqueeze(1).bitwise_and(_bit_weights(bits.device)).ne(0)  # (bytes, 8)
+    strides = [1]
+    for n in reversed(tuple(shape)[1:]):
+        strides.insert(0, strides[0] * n)
+    return flags.as_strided(tuple(shape), tuple(strides))  # the first numel flags, in one view op
+
+
+def _quantize_int8(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax int8 of complex values as reals [Re, Im, ...]: int8 (groups, INT8_GROUP) (zero-padded)
+    and float32 scales (groups, 1)."""
+    flat = kept.reshape(-1)
+    padded = F.pad(flat, (0, (-flat.numel()) % (INT8_GROUP // 2)))
+    groups = torch.view_as_real(padded).view(-1, INT8_GROUP)
+    absmax = torch.linalg.vector_norm(groups, float("inf"), dim=1, keepdim=True, dtype=torch.float32)
+    scale = absmax.div_(127).clamp_min_(torch.finfo(torch.float32).tiny)
+    return groups.div(scale).round_().to(torch.int8), scale
+
+
+def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Real (groups * INT8_GROUP,) values in ``dtype`` (padding included) from :func:`_quantize_int8`."""
+    return q.to(dtype).mul_(scale.to(dtype)).view(-1)
+
+
+@dataclass
+class PackedSpectrum:
+    """A complex spectrum stored as kept values (+ a bitmask of where they go).
+
+    ``values`` holds the kept entries as reals [Re, Im, Re, ...]: in the spectrum's real dtype (or the
+    spectrum itself when nothing was zeroed and storage is "compact"), float16, or int8 groups with
+    ``scale``; ``bits`` is None when nothing was zeroed (values then hold every entry, in order).
+    """
+
+    values: torch.Tensor
+    bits: torch.Tensor | None
+    scale: torch.Tensor | None
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # complex dtype of the spectrum
+    kept: int = -1  # number of kept entries (-1: unknown, e.g. rebuilt from saved tensors)
+
+    @classmethod
+    def pack(cls, spectrum: torch.Tensor, mask: torch.Tensor | None, storage: str) -> "PackedSpectrum":
+        """Pack ``spectrum`` (already zero outside ``mask``). Unmasked "compact" keeps the tensor itself:
+        the caller must not modify it afterwards."""
+        if storage not in STORAGES[:3]:
+            raise ValueError(f"cannot pack a spectrum with storage={storage!r}; expected one of {STORAGES[:3]}")
+        kept = spectrum if mask is None else spectrum.masked_select(mask)
+        values, scale = kept, None
+        if storage == "float16":
+            values = torch.view_as_real(kept).to(torch.float16)
+        elif storage == "int8":
+            values, scale = _quantize_int8(kept)
+        bits = None if mask is None else pack_bits(mask)
+        return cls(values, bits, scale, tuple(spectrum.shape), spectrum.dtype, kept.numel())
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t for t in (self.values, self.bits, self.scale) if t is not None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def mask(self) -> torch.Tensor | None:
+        return None if self.bits is None else unpack_bits(self.bits, self.shape)
+
+    def unpack(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(complex spectrum of ``shape``, bool mask or None)."""
+        values = self.values
+        if values.is_complex():
+            kept = values
+        else:
+            real = _REAL[self.dtype]
+            reals = values.to(real) if self.scale is None else _dequantize_int8(values, self.scale, real)
+            kept = torch.view_as_complex(reals.view(-1, 2))
+        if self.bits is None:
+            return (kept if kept.shape == self.shape else kept[: _numel(self.shape)].view(self.shape)), None
+        mask = self.mask()
+        return torch.zeros(self.shape, dtype=self.dtype, device=values.device).masked_scatter_(mask, kept), mask
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
