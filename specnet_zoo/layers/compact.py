@@ -158,7 +158,7 @@ class CompactChain(torch.autograd.Function):
     """``epilogue(block(prologue(*inputs)))`` that keeps only packed spectra for backward.
 
     ``apply(impl, n_inputs, *inputs, *params)``: ``impl`` is the block's chain implementation
-    (:class:`specnet_zoo.layers.spectral_conv.SpectralChain`), ``params`` are its conv weights and
+    (:class:`specnet_zoo.layers.spectral_chain.SpectralChain`), ``params`` are its conv weights and
     biases, then prologue and epilogue parameters. Everything kept goes through ``save_for_backward``
     (so saved-tensor hooks such as ``save_on_cpu`` and memory accounting see it); inputs produced by
     another compact chain are not kept but replayed from that chain's saved spectra.

@@ -94,14 +94,17 @@ def frequency_major(spectrum: torch.Tensor) -> torch.Tensor:
 
 
 def crop_to_map(grid: torch.Tensor, crop: tuple[int, int, int, int]) -> torch.Tensor:
-    """View the window (top, left, h, w) of a fresh, contiguous real (P, Q, C, N) grid (an FFT output) as
-    (N, C, h, w), in one view op."""
-    if not grid.is_contiguous():
-        grid = grid.contiguous()
-    p, q, c, n = grid.shape
+    """View the window (top, left, h, w) of a real (P, Q, C, N) grid, an FFT output, as (N, C, h, w), in one op.
+
+    The FFT chooses the output's memory layout (a c2r over dims (0, 1) returns it channel-major), so the
+    view takes the grid's own strides; the window's offset is explicit because the grid starts its
+    storage (fresh FFT outputs do), which keeps the view exact under ``torch.compile`` too.
+    """
+    if not torch.compiler.is_compiling() and grid.storage_offset() != 0:
+        grid = grid.clone()
+    s_p, s_q, s_c, s_n = grid.stride()
     top, left, height, width = crop
-    offset = (top * q + left) * c * n  # the grid starts its storage: FFT outputs and copies are fresh
-    return grid.as_strided((n, c, height, width), (1, n, q * c * n, c * n), offset)
+    return grid.as_strided((grid.shape[3], grid.shape[2], height, width), (s_n, s_c, s_p, s_q), top * s_p + left * s_q)
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -266,16 +269,26 @@ class SpectralChain:
         self.check_input(x)
         packs = []
         with fft_precision(x):
-            features = [self.input_spectrum(x)]
+            spectrum = self.input_spectrum(x)
+            if self.dense:  # every spectrum goes into one buffer; conv l reads a view of its first channels
+                buffer, width = self.dense_buffer(spectrum), spectrum.shape[1]
             for conv in self.convs:
-                spectrum, mask = conv.spectral_step(self.conv_input(features), self.fft_size, inplace=True)
+                inp = buffer.narrow(1, 0, width) if self.dense else spectrum
+                spectrum, mask = conv.spectral_step(inp, self.fft_size, inplace=True)
                 packs.append(PackedSpectrum.pack(spectrum, mask, self.storage))
                 conv.record_density(spectrum.numel(), None if mask is None else packs[-1].kept)
-                features.append(spectrum)
-                if not self.dense:
-                    features = features[-1:]  # a plain chain needs only the last spectrum
-            y = self.to_map(torch.cat(features, dim=1) if self.dense else features[-1])
+                if self.dense:
+                    buffer.narrow(1, width, conv.out_channels).copy_(spectrum)
+                    width += conv.out_channels
+            y = self.to_map(buffer if self.dense else spectrum)
         return (self.epilogue.run(y) if self.epilogue is not None else y), packs
+
+    def dense_buffer(self, first: torch.Tensor) -> torch.Tensor:
+        """A dense block's (F, C + sum(C_l), N) spectra buffer, holding ``first`` (X_0) in its first channels."""
+        total = first.shape[1] + sum(c.out_channels for c in self.convs)
+        buffer = first.new_empty((first.shape[0], total, first.shape[2]))
+        buffer.narrow(1, 0, first.shape[1]).copy_(first)
+        return buffer
 
     def replay_output(self, params: Sequence[torch.Tensor], last: PackedSpectrum, needs: Sequence[bool]):
         """The chain's output recomputed from its last packed spectrum, for a consumer's backward.
@@ -321,8 +334,11 @@ class SpectralChain:
             x_value = x.detach()
         with fft_precision(x_value):
             if self.dense:  # the block output is every spectrum, the input's included
-                features = [self.input_spectrum(x_value)] + [p.unpack()[0] for p in packs]
-                last, last_mask = torch.cat(features, dim=1), None
+                last, last_mask = self.dense_buffer(self.input_spectrum(x_value)), None
+                width = last.shape[1] - sum(c.out_channels for c in self.convs)
+                for conv, pack in zip(self.convs, packs):
+                    last.narrow(1, width, conv.out_channels).copy_(pack.unpack()[0])
+                    width += conv.out_channels
             elif replayed is not None:
                 last, last_mask = replayed[3:]
             else:
@@ -349,8 +365,7 @@ class SpectralChain:
             # A plain chain folds the adjoints' column weights into the first and last convolutions' phases.
             grad = self.to_map_adjoint(grad_y, real, weighted=self.dense)
             if self.dense:
-                del last
-                grad = self._dense_convs_backward(features, packs, params, grad, grads, needs, n_in, n_conv, need_x)
+                grad = self._dense_convs_backward(last, packs, params, grad, grads, needs, n_in, n_conv, need_x)
             else:
                 grad = self._chain_backward(x_value, last, last_mask, packs, params, grad, grads, needs, n_in,
                                             n_conv, need_x)
@@ -402,24 +417,23 @@ class SpectralChain:
         return grad_in
 
     def _dense_convs_backward(self, features, packs, params, grad_out, grads, needs, n_in, n_conv, need_x):
-        """Dense block: conv l reads cat(X_0 .. X_{l-1}), so its input gradient is split and added to each X_j.
+        """Dense block: conv l reads X_0 .. X_{l-1}, the first channels of ``features`` (F, C + sum(C_l), N).
 
-        ``grad_out`` is the gradient of cat(X_0 .. X_L); returns the gradient of the input spectrum X_0.
+        ``grad_out`` (same shape, overwritten) is the gradient of all of them; conv l's input gradient is
+        added to its first channels, and the first C are returned: the gradient of the input spectrum X_0.
         """
-        sizes = [f.shape[1] for f in features]
-        feature_grads = list(torch.split(grad_out, sizes, dim=1))
+        width = features.shape[1]
         slot = n_in + n_conv
         for index in range(len(self.convs) - 1, -1, -1):
             conv = self.convs[index]
             slot -= 1 + (conv.bias is not None)
-            grad = feature_grads[index + 1].clone()
-            in_spec = self.conv_input(features[: index + 1])
-            grad_in = self._conv_grads(index, in_spec, features[index + 1], packs[index].mask(), grad, params, grads,
-                                       needs, slot, n_in, index > 0 or need_x)
+            width -= conv.out_channels
+            grad_in = self._conv_grads(index, features.narrow(1, 0, width), features.narrow(1, width, conv.out_channels),
+                                       packs[index].mask(), grad_out.narrow(1, width, conv.out_channels), params,
+                                       grads, needs, slot, n_in, index > 0 or need_x)
             if grad_in is not None:
-                for j, part in enumerate(torch.split(grad_in, sizes[: index + 1], dim=1)):
-                    feature_grads[j] = feature_grads[j] + part
-        return feature_grads[0]
+                grad_out.narrow(1, 0, width).add_(grad_in)
+        return grad_out.narrow(1, 0, width)
 
     def _input_backward(self, grad, grads, x, x_value, in_leaves, pro_leaves, n_in, n_conv, need_x):
         """From the input spectrum's gradient to the block inputs' (through the prologue when there is one)."""

@@ -69,7 +69,7 @@ class SpectralConv2d(nn.Conv2d):
     (keep the largest-magnitude fraction of each sample's rfft half-spectrum, i.e. a per-sample beta:
     a fixed beta lets density collapse with depth). After every forward ``measured_density`` holds the
     kept fraction (a 0-d tensor). ``storage`` picks what backward keeps: see
-    :mod:`specnet_zoo.layers.compact` ("compact" lossless by default, "float16"/"int8" lossy, "dense").
+    :mod:`specnet_zoo.layers.packing` ("compact" lossless by default, "float16"/"int8" lossy, "dense").
     """
 
     def __init__(
@@ -240,7 +240,7 @@ class SpectralBlock(nn.Module):
         kernel_size: kernel size of every convolution.
         threshold: beta of SpecNet eq. 4 for every convolution (>= 0; 0 keeps every entry).
         density: instead of ``threshold``, the kept fraction of each spectrum (per sample).
-        storage: what backward keeps ("compact", "float16", "int8", "dense"; see ``compact``).
+        storage: what backward keeps ("compact", "float16", "int8", "dense"; see ``packing``).
         activation: spectral activation after every convolution: 'split_tanh' (SpecNet eq. 5/6),
             None/'identity', or an nn.Module acting on complex tensors.
         bias: whether the convolutions have a bias.
