@@ -175,7 +175,7 @@ def flop_rows(args) -> list[str]:
         if args.only and spectral not in args.only and spatial not in args.only:
             continue
         a, b = gemm_flops(spatial, args.batch_size), gemm_flops(spectral, args.batch_size)
-        lines.append(f"| {spectral} / {spatial} | {a / 1e9:.1f} | {b / 1e9:.1f} | {b / a:.2f} |")
+        lines.append(f"| {spectral} / {spatial} | {a / 1e9:.3g} | {b / 1e9:.3g} | {b / a:.2f} |")
     print("\n".join(lines), flush=True)
     return lines
 

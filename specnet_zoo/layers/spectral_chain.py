@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from ._fft import check_map, constant_cache, fft_dtype, fft_precision, padded_rfft2
 from .compact import CompactChain, Replay
 from .packing import PackedSpectrum
-from .spectral_product import kernel_spectrum, kernel_spectrum_backward, mix_channels_backward
+from .spectral_product import (
+    kernel_spectrum,
+    kernel_spectrum_backward,
+    mix_channels_input_grad,
+    mix_channels_kernel_grad,
+)
 from .split_tanh import SplitTanh
 
 if TYPE_CHECKING:
@@ -406,11 +411,15 @@ class SpectralChain:
         if out_mask is not None:  # the threshold passes gradients where it kept the entry
             grad = grad.mul_(out_mask)
         weight = params[slot - n_in]
-        conj_kernel = kernel_spectrum(weight, conv.dilation, self.fft_size, grad.dtype, True, out_scale * in_scale)
-        grad_in, grad_kernel = mix_channels_backward(in_spec, conj_kernel, grad, need_in)
-        del conj_kernel
+        grad_in = None
+        if need_in:  # the kernel spectrum (large for wide layers on small maps) is freed before its gradient exists
+            conj_kernel = kernel_spectrum(weight, conv.dilation, self.fft_size, grad.dtype, True, out_scale * in_scale)
+            grad_in = mix_channels_input_grad(conj_kernel, grad)
+            del conj_kernel
         if needs[slot]:
+            grad_kernel = mix_channels_kernel_grad(in_spec, grad)
             grads[slot] = kernel_spectrum_backward(grad_kernel, weight, conv.dilation, self.fft_size, out_scale)
+            del grad_kernel
         if conv.bias is not None and needs[slot + 1]:  # the DC column has weight 1 in every adjoint
             p, q = self.fft_size
             grads[slot + 1] = grad_real[0, ..., 0].sum(1).mul(math.sqrt(p * q)).to(params[slot + 1 - n_in].dtype)

@@ -19,7 +19,10 @@ import torch
 
 from ._fft import constant_cache
 
-__all__ = ["kernel_spectrum", "kernel_spectrum_backward", "mix_channels", "mix_channels_backward", "tap_phases"]
+__all__ = [
+    "kernel_spectrum", "kernel_spectrum_backward", "mix_channels", "mix_channels_input_grad",
+    "mix_channels_kernel_grad", "tap_phases",
+]
 
 
 @constant_cache(maxsize=256)
@@ -92,16 +95,15 @@ def mix_channels(spectrum: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return torch.bmm(kernel, spectrum)
 
 
-def mix_channels_backward(
-    spectrum: torch.Tensor, conj_kernel: torch.Tensor, grad: torch.Tensor, need_input_grad: bool = True
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Gradients of :func:`mix_channels` for a real loss, from ``conj_kernel`` = conj K.
+def mix_channels_input_grad(conj_kernel: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``dL/dX = K^H G`` for :func:`mix_channels` and a real loss, from ``conj_kernel`` = conj K (F, C_out, C_in).
 
-    With G = dL/dRe Y + i dL/dIm Y (PyTorch's convention for complex tensors): ``dL/dK = G X^H`` and
-    ``dL/dX = K^H G``; ``X^H`` is a lazily conjugated view, which ``bmm`` reads without a copy.
-
-    Returns (complex (F, C_in, N) or None, complex (F, C_out, C_in)).
+    G = dL/dRe Y + i dL/dIm Y (PyTorch's convention for complex tensors). Returns complex (F, C_in, N).
     """
-    grad_kernel = torch.bmm(grad, spectrum.mH)
-    grad_in = torch.bmm(conj_kernel.transpose(1, 2), grad) if need_input_grad else None
-    return grad_in, grad_kernel
+    return torch.bmm(conj_kernel.transpose(1, 2), grad)
+
+
+def mix_channels_kernel_grad(spectrum: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``dL/dK = G X^H`` for :func:`mix_channels`: complex (F, C_out, C_in); ``X^H`` is a lazily conjugated view,
+    which ``bmm`` reads without a copy."""
+    return torch.bmm(grad, spectrum.mH)
