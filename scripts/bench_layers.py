@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -170,16 +171,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (median reported)")
     parser.add_argument("--budget", type=float, default=1.5, help="seconds of timing per case")
     parser.add_argument("--quick", action="store_true", help="fewer kernel sizes and a smaller budget (smoke run)")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file (docs/bench_layers_cpu.md "
+                        "is copied into the README by scripts/update_readme.py)")
     args = parser.parse_args()
     device = torch.device(args.device)
     kernels = (3, 11) if args.quick else (3, 5, 7, 11, 15)
     budget = 0.3 if args.quick else args.budget
-    print(f"# specnet-zoo layer benchmark: torch {torch.__version__}, device {device}, "
-          f"{torch.get_num_threads()} CPU threads, {args.rounds} rounds, median ms\n")
+    title = (f"Layer benchmark: torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads, "
+             f"{args.rounds} rounds, median ms")
+    print(f"# {title}\n")
+    written = [title, ""]
     for section in (bench_pooling(device, args.rounds, budget),
                     bench_conv(device, args.rounds, budget, kernels),
                     bench_param(device, args.rounds, budget)):
         print("\n".join(section), flush=True)
+        written += [f"{line[3:]}:" if line.startswith("## ") else line for line in section]
+    if args.markdown:
+        args.markdown.write_text("\n".join(written).rstrip() + "\n")
 
 
 if __name__ == "__main__":

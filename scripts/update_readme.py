@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Regenerate README.md's generated sections: the model table from the registry (``specnet-zoo models
 --markdown``), the training-memory tables from ``docs/specnet_memory.md`` (written by
-``specnet-zoo reproduce specnet-memory --out docs``) and the step benchmarks from
-``docs/bench_models_cpu.md`` / ``docs/bench_models_cuda.md`` (written by ``scripts/bench_models.py --markdown``).
+``specnet-zoo reproduce specnet-memory --out docs``), the layer benchmarks from ``docs/bench_layers_cpu.md``
+(``scripts/bench_layers.py --markdown``) and the step benchmarks from ``docs/bench_models_cpu.md`` /
+``docs/bench_models_cuda.md`` (``scripts/bench_models.py --markdown``).
 
     python scripts/update_readme.py [--check]
 
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MEMORY = ROOT / "docs" / "specnet_memory.md"
 BENCH = {device: ROOT / "docs" / f"bench_models_{device}.md" for device in ("cpu", "cuda")}
+LAYERS = ROOT / "docs" / "bench_layers_cpu.md"
 NO_GPU = ("GPU: not measured yet (no accelerator was available when these tables were generated); run "
           "`python scripts/bench_models.py --device cuda --markdown docs/bench_models_cuda.md` on one.")
 
@@ -32,6 +34,7 @@ def _section(text: str, name: str, body: str) -> str:
 def render(text: str) -> str:
     text = _section(text, "model-table", model_table(markdown=True))
     text = _section(text, "specnet-memory", MEMORY.read_text())
+    text = _section(text, "bench-layers-cpu", LAYERS.read_text())
     text = _section(text, "bench-models-cpu", BENCH["cpu"].read_text())
     return _section(text, "bench-models-cuda", BENCH["cuda"].read_text() if BENCH["cuda"].exists() else NO_GPU)
 
