@@ -6,8 +6,9 @@ chain without a copy. Two paths compute the same function:
 
 * packed (training, ``storage != "dense"``): forward runs without autograd and keeps only packed
   spectra (:mod:`.packing`); :class:`~.compact.CompactChain` calls :meth:`SpectralChain.backward_packed`,
-  which writes every adjoint by hand (one conjugate GEMM per convolution for the kernel and input
-  gradients, ``tanh_backward`` for split tanh, the mask for the threshold, one FFT per block end);
+  which writes every adjoint by hand (per convolution: ``tanh_backward`` for split tanh, the mask for
+  the threshold, two batched GEMMs for the input and kernel gradients, one GEMM back to the taps; one
+  FFT per block end);
 * dense (inference, ``storage="dense"``, custom activations): the same ops under ordinary autograd.
 
 A spectrum is never modified after it is packed: an unmasked "compact" spectrum is kept as it is.
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["SpectralChain", "spectral_conv_chain"]
 
 _FAST_RADICES = (2, 3, 5, 7)
-COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
