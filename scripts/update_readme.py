@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Regenerate README.md's generated sections: the model table from the registry (``specnet-zoo models
---markdown``), the training-memory tables from ``docs/specnet_memory.md`` (written by
+--markdown``), the pretrained-tag table from the pretrained cfgs and ``specnet_zoo/weights/manifest.json``,
+the training-memory tables from ``docs/specnet_memory.md`` (written by
 ``specnet-zoo reproduce specnet-memory --out docs``), the layer benchmarks from ``docs/bench_layers_cpu.md``
 (``scripts/bench_layers.py --markdown``) and the step benchmarks from ``docs/bench_models_cpu.md`` /
 ``docs/bench_models_cuda.md`` (``scripts/bench_models.py --markdown``).
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 from specnet_zoo import model_table
+from specnet_zoo._factory import pretrained_table
+from specnet_zoo.paths import recipe_for_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -22,6 +25,11 @@ BENCH = {device: ROOT / "docs" / f"bench_models_{device}.md" for device in ("cpu
 LAYERS = ROOT / "docs" / "bench_layers_cpu.md"
 NO_GPU = ("GPU: not measured yet (no accelerator was available when these tables were generated); run "
           "`python scripts/bench_models.py --device cuda --markdown docs/bench_models_cuda.md` on one.")
+
+
+def _recipe_for(tag: str) -> str | None:
+    recipe = recipe_for_tag(tag)
+    return str(recipe.relative_to(ROOT)) if recipe else None
 
 
 def _section(text: str, name: str, body: str) -> str:
@@ -33,6 +41,7 @@ def _section(text: str, name: str, body: str) -> str:
 
 def render(text: str) -> str:
     text = _section(text, "model-table", model_table(markdown=True))
+    text = _section(text, "pretrained-table", pretrained_table(recipe_for=_recipe_for))
     text = _section(text, "specnet-memory", MEMORY.read_text())
     text = _section(text, "bench-layers-cpu", LAYERS.read_text())
     text = _section(text, "bench-models-cpu", BENCH["cpu"].read_text())

@@ -82,3 +82,31 @@ def model_table(markdown: bool = True) -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:{'>' if i == 1 else '<'}{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells])
+
+
+def pretrained_table(recipe_for=None) -> str:
+    """Markdown table of every ``model.tag``: its weights (test accuracy, file, training, hardware, command) or why
+    it has none (generated from the pretrained cfgs and the weight manifest). ``recipe_for(tag)``, when given,
+    returns the recipe that would train a tag without weights (or None)."""
+    from timm.models import get_pretrained_cfg
+
+    from .pretrained import pretrained_info
+
+    lines = ["| tag | weights | test accuracy | file | training | command |", "|---|---|---|---|---|---|"]
+    for name in specnet_model_names():
+        for name_tag in timm.list_models(name, include_tags=True):
+            if "." not in name_tag:
+                continue
+            info = pretrained_info(name_tag)
+            if info is None:
+                note = (get_pretrained_cfg(name_tag).notes or ("no weights",))[0].removeprefix("no weights: ")
+                recipe = recipe_for(name_tag) if recipe_for else None
+                command = f"`python scripts/train_zoo.py {name_tag}` ({recipe})" if recipe else "no recipe yet"
+                lines.append(f"| {name_tag} | none: {note} | | | | {command} |")
+                continue
+            hardware = (info.get("hardware") or {}).get("device", "unrecorded hardware")
+            training = f"{info['epochs']} epochs, {info['train_time_s'] / 60:.0f} min on {hardware}" if info.get("epochs") else "-"
+            lines.append(f"| {name_tag} | bundled ([card]({info['card']})) | {info['metrics']['test/acc']:.4f} on "
+                         f"{info['test_set']} | {info['bytes'] / 2**20:.2f} MB, sha256 `{info['sha256'][:12]}…` | "
+                         f"{training} | `{info['command']}` |")
+    return "\n".join(lines)

@@ -1,15 +1,18 @@
 """The ``specnet-zoo`` command.
 
     specnet-zoo fit|validate|test|predict --config recipes/<recipe>.yaml [--dotted.overrides ...]
-    specnet-zoo models [--markdown]
+    specnet-zoo models [--markdown | --tags]
     specnet-zoo profile --model NAME [--threshold B | --density D] [--storage S] --batch-size N
     specnet-zoo reproduce info-preservation [--photos DIR] [--out DIR]
     specnet-zoo reproduce specnet-memory [--out DIR] [--batch-size N] [--models ...] [--no-table]
+    specnet-zoo export CKPT --out DIR [--tag TAG] [--no-memory]
+    specnet-zoo push DIR --repo-id ORG/NAME [--revision R] [--private] [--dry-run]
     specnet-zoo --version
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from . import __version__
@@ -36,9 +39,29 @@ def _reproduce_specnet_memory(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from ._factory import model_table
+    from ._factory import model_table, pretrained_table
 
-    print(model_table(markdown=args.markdown))
+    print(pretrained_table() if args.tags else model_table(markdown=args.markdown))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import CARD_TEMPLATE, export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, tag=args.tag, memory=not args.no_memory,
+                            card_template=args.card_template or CARD_TEMPLATE, command=args.train_command)
+    config = json.loads((out / "config.json").read_text())
+    record = config["specnet_zoo"]
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items()) or "no logged test metrics"
+    print(f"exported {config['architecture']}.{config['pretrained_cfg']['tag']} to {out}: model.safetensors "
+          f"({record['bytes']:,} bytes, sha256 {record['sha256']}), config.json, README.md; {metrics}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_export
+
+    print(push_export(args.folder, args.repo_id, revision=args.revision, private=args.private, dry_run=args.dry_run))
     return 0
 
 
@@ -150,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = commands.add_parser("models", help="list the registered architectures")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table (as in README.md)")
+    models.add_argument("--tags", action="store_true", help="print every pretrained tag: its weights (test accuracy, "
+                        "file, training, command) or why it has none (Markdown)")
     models.set_defaults(handler=_models)
     profile = commands.add_parser(
         "profile", help="training memory of a model layer by layer, against its spatial twin",
@@ -175,6 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SpecNet models: print every spectral layer's kept fraction at these betas "
                          "(comma-separated, on the paper's unnormalised DFT scale; empty to skip)")
     profile.set_defaults(handler=_profile)
+    export = commands.add_parser(
+        "export", help="write model.safetensors, config.json and a model card from a training checkpoint",
+        description="Read a Lightning checkpoint (weights_only=True) and write DIR/model.safetensors, a timm-style "
+        "config.json and README.md (model card from model_cards/template.md with the run's logged test metrics).")
+    export.add_argument("checkpoint", help="a .ckpt written by specnet-zoo fit")
+    export.add_argument("--out", required=True, help="folder to write (created if needed)")
+    export.add_argument("--tag", help="pretrained tag (default: the dataset, e.g. mnist)")
+    export.add_argument("--no-memory", action="store_true", help="skip measuring training memory against the twin")
+    export.add_argument("--card-template", help="Jinja model card template (default: model_cards/template.md)")
+    export.add_argument("--train-command", help="the command that trained the checkpoint (shown in the card)")
+    export.set_defaults(handler=_export)
+    push = commands.add_parser(
+        "push", help="upload an export folder to the Hugging Face Hub",
+        description="Create the model repo (exist_ok) and upload the folder with huggingface_hub.HfApi; the token "
+        "comes from HF_TOKEN or `hf auth login`.")
+    push.add_argument("folder", help="a folder written by specnet-zoo export")
+    push.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    push.add_argument("--revision", help="branch to upload to (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--dry-run", action="store_true", help="check the folder and print what would be uploaded")
+    push.set_defaults(handler=_push)
     reproduce = commands.add_parser("reproduce", help="reproduce a figure of the papers")
     experiments = reproduce.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     info = experiments.add_parser("info-preservation", help="Rippel et al. 2015 Fig. 4(a): spectral vs max pooling")
@@ -206,9 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    from .pretrained import WeightsError
+
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError, TypeError) as error:  # bad arguments or missing data: one line says it
+    except (FileNotFoundError, ValueError, TypeError, PermissionError, WeightsError) as error:
+        # bad arguments, missing data or unusable weights: one line says it
         print(f"specnet-zoo: error: {error}", file=sys.stderr)
         return 1
     except torch.OutOfMemoryError as error:

@@ -11,4 +11,20 @@ def shared_data_dir() -> Path:
     """The shared real-data folder (may not exist in a user's clone; callers check)."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return checkout_dir().parent / "shared" / "data"
+
+
+def checkout_dir() -> Path:
+    """The repository checkout this package runs from (recipes/, model_cards/ live there)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def recipe_for_tag(tag: str) -> Path | None:
+    """The recipe that trains pretrained tag ``model.dataset``: ``recipes/zoo/<tag>.yaml``, else the default
+    ``recipes/<dataset>_<model>.yaml``; None when neither exists."""
+    model, _, dataset = tag.partition(".")
+    recipes = checkout_dir() / "recipes"
+    for recipe in (recipes / "zoo" / f"{tag}.yaml", recipes / f"{dataset}_{model}.yaml"):
+        if recipe.is_file():
+            return recipe
+    return None

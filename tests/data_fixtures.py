@@ -50,3 +50,19 @@ def write_imagenet(root: Path, wnids=("n01440764", "n01443537", "n01484850"), pe
                 pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{w}_{j}.JPEG", quality=90)
     return root
+
+
+def write_digit_folder(mnist_dir: Path, root: Path, digits=(5, 6, 7, 8, 9), per_class: int = 320) -> Path:
+    """An image folder (``train/<name>/*.png``) of real MNIST test digits: a small grayscale fine-tuning task."""
+    from PIL import Image
+
+    from specnet_zoo.data.sources import read_mnist
+
+    images, labels = read_mnist(mnist_dir, "test")
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for digit in digits:
+        folder = root / "train" / names[digit]
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, index in enumerate((labels == digit).nonzero().flatten()[:per_class].tolist()):
+            Image.fromarray(images[index].squeeze(0).numpy()).save(folder / f"{i:04d}.png")
+    return root

@@ -257,6 +257,29 @@ def test_cosine_schedule_spans_the_run(tmp_path, limit, expected):
     assert (config.scheduler.T_max, config.interval) == expected
 
 
+class _LearningRates(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_warmup_schedules_rise_to_lr_then_anneal_over_the_run(tmp_path, scheduler):
+    module = ImageClassifier("lenet5", in_chans=1, scheduler=scheduler, lr=0.01, warmup=0.25, optimizer="adamw")
+    record = _LearningRates()
+    trainer = _trainer(tmp_path, limit_val_batches=0, max_epochs=4, callbacks=[record], enable_checkpointing=False)
+    trainer.fit(module, _mnist_like())  # 4 batches x 4 epochs = 16 steps, 4 of them warm-up
+    lrs = record.lrs
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert len(lrs) == 16 and peak in (3, 4) and abs(lrs[peak] - 0.01) < 1e-3, lrs
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1])) and all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:])), lrs
+    assert lrs[-1] < 0.1 * lrs[peak]
+    with pytest.raises(ValueError, match="warmup is a fraction"):
+        ImageClassifier("lenet5", scheduler=scheduler, warmup=1.5)
+
+
 class _FailingForward(torch.nn.Module):
     def __init__(self, model):
         super().__init__()

@@ -173,9 +173,10 @@ def test_unknown_name_lists_close_matches():
 
 
 def test_pretrained_without_weights_is_an_error_and_local_safetensors_load(tmp_path):
-    with pytest.raises(RuntimeError, match="no pretrained weights are published for speclenet.mnist"):
-        specnet_zoo.create_model("speclenet", pretrained=True)
-    assert specnet_zoo.list_pretrained() == [] and specnet_zoo.list_models(pretrained=True) == []
+    with pytest.raises(RuntimeError, match="no pretrained weights for specalexnet.cifar10"):
+        specnet_zoo.create_model("specalexnet", pretrained=True)
+    assert set(specnet_zoo.list_models(pretrained=True)) == {n.split(".")[0] for n in specnet_zoo.list_pretrained()}
+    assert "specalexnet" not in specnet_zoo.list_models(pretrained=True)
     source = specnet_zoo.create_model("speclenet").eval()
     path = tmp_path / "model.safetensors"
     save_file(source.state_dict(), str(path))

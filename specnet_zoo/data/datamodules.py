@@ -4,7 +4,7 @@ Common arguments: ``data_dir``, ``batch_size``, ``num_workers``, ``val_split`` (
 training set held out, chosen by ``seed``), ``download``. ``num_classes`` and ``in_chans`` are known
 right after construction, so the CLI links them to the model. Preprocessing follows the papers:
 per-channel normalization everywhere, random crop (padding 4) + horizontal flip for CIFAR training,
-no augmentation for MNIST and SVHN.
+no augmentation for MNIST (optional shifts) and SVHN.
 
 Training batches come from a :class:`ResumableDataLoader`: its order depends only on (seed, epoch),
 and it saves how many batches of the epoch were consumed, so a run killed mid-epoch resumes with
@@ -187,10 +187,26 @@ class ImageDataModule(L.LightningDataModule):
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST from the four idx files (``.gz`` or not) in ``data_dir`` or ``data_dir/MNIST/raw``; 1x28x28."""
+    """MNIST from the four idx files (``.gz`` or not) in ``data_dir`` or ``data_dir/MNIST/raw``; 1x28x28.
+
+    ``augment``: shift training digits by up to ``augment_shift`` pixels (random crop of the zero-padded
+    image); off by default, as in both papers.
+    """
 
     num_classes, in_chans = 10, 1
     mean, std = MNIST_MEAN, MNIST_STD
+
+    def __init__(self, data_dir: str = "data", batch_size: int = 64, num_workers: int = 0, val_split: float = 0.1,
+                 seed: int = 0, shuffle: bool = True, download: bool = False, augment: bool = False,
+                 augment_shift: int = 2) -> None:
+        super().__init__(data_dir, batch_size, num_workers, val_split, seed, shuffle, download)
+        if augment_shift < 0:
+            raise ValueError(f"augment_shift must be >= 0 pixels, got {augment_shift}")
+        self.augment, self.augment_shift = augment, augment_shift
+
+    def train_transform(self):
+        shift = [v2.RandomCrop(28, padding=self.augment_shift)] if self.augment and self.augment_shift else []
+        return v2.Compose(shift + _normalize(self.mean, self.std))
 
     def _load(self, train_transform, eval_transform):
         try:
@@ -317,14 +333,21 @@ class ImageFolderDataModule(ImageDataModule):
     """``data_dir/train/<class>/`` (and ``val/<class>/``, ``test/<class>/`` when present) resized to ``image_size``.
 
     Without a ``val`` folder, ``val_split`` of ``train`` is held out; without ``test``, ``val`` is tested.
-    Training uses random resized crops and flips, evaluation a resize and centre crop (ratio 0.875).
+    Training uses random resized crops (area fraction ``crop_scale``) and, with ``hflip``, flips; evaluation a
+    resize and centre crop (ratio 0.875). ``in_chans`` 1 converts images to grayscale, 3 to RGB.
     """
 
     def __init__(self, data_dir: str = "data", batch_size: int = 64, num_workers: int = 0, val_split: float = 0.1,
                  seed: int = 0, shuffle: bool = True, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, in_chans: int = 3, crop_scale: Sequence[float] = (0.08, 1.0),
+                 hflip: bool = True) -> None:
         super().__init__(data_dir, batch_size, num_workers, val_split, seed, shuffle, download=False)
-        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ValueError(f"mean and std need one value per channel ({in_chans}), got mean={list(mean)}, std={list(std)}")
+        self.image_size, self.mean, self.std, self.in_chans = image_size, tuple(mean), tuple(std), in_chans
+        self.crop_scale, self.hflip = tuple(crop_scale), hflip
         self._read_classes()
 
     def _read_classes(self) -> None:
@@ -334,13 +357,18 @@ class ImageFolderDataModule(ImageDataModule):
         self.classes = sorted(p.name for p in train.iterdir() if p.is_dir())
         self.num_classes = len(self.classes)
 
+    def _channels(self) -> list:
+        return [v2.Grayscale(1)] if self.in_chans == 1 else [v2.RGB()]
+
     def train_transform(self):
-        return v2.Compose([v2.RandomResizedCrop(self.image_size, antialias=True), v2.RandomHorizontalFlip()]
-                          + _normalize(self.mean, self.std))
+        flip = [v2.RandomHorizontalFlip()] if self.hflip else []
+        return v2.Compose(self._channels() + [v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True)]
+                          + flip + _normalize(self.mean, self.std))
 
     def eval_transform(self):
         resize = int(round(self.image_size / 0.875))
-        return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(self.image_size)] + _normalize(self.mean, self.std))
+        return v2.Compose(self._channels() + [v2.Resize(resize, antialias=True), v2.CenterCrop(self.image_size)]
+                          + _normalize(self.mean, self.std))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -387,25 +387,56 @@ def _stage_channels(stage: nn.Module) -> int:
 def build(model_cls, variant: str, pretrained: bool, num_stages: int, **kwargs):
     """``timm.models.build_model_with_cfg`` with ``features_only`` returning every stage by default.
 
-    Unlike timm, ``pretrained=True`` without any weight source is an error, not a warning followed
-    by random weights.
+    Pretrained weights are read by :mod:`specnet_zoo.pretrained` (safetensors only, sha256-checked, keys and
+    shapes checked against the model with errors that name the file) and handed to timm's loader, which
+    adapts the classifier to ``num_classes`` and the stem to ``in_chans``. A tag's recorded model arguments
+    (e.g. ``threshold``) are defaults. Unlike timm, ``pretrained=True`` without weights is an error, not a
+    warning followed by random weights.
     """
+    filter_fn = None
     if pretrained:
         from timm.models import resolve_pretrained_cfg
+
+        from ..pretrained import (
+            WeightsNotFoundError,
+            check_state_dict,
+            load_pretrained_state,
+            missing_weights_message,
+            tag_model_args,
+        )
 
         resolved = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")
         )
-        if not resolved.has_weights:
-            tag = f"{variant}.{resolved.tag}" if resolved.tag else variant
-            raise RuntimeError(
-                f"no pretrained weights are published for {tag} yet; train them with a recipe, or pass "
-                "pretrained_cfg_overlay=dict(file='model.safetensors') to load local weights"
-            )
-    return timm.models.build_model_with_cfg(
+        name_tag = f"{variant}.{resolved.tag}" if resolved.tag else variant
+        if not resolved.has_weights and resolved.state_dict is None:
+            raise WeightsNotFoundError(missing_weights_message(name_tag))
+        if resolved.state_dict is None:
+            cfg = resolved.to_dict()
+            for key, value in tag_model_args(cfg, name_tag).items():
+                kwargs.setdefault(key, value)
+            state_dict, origin = load_pretrained_state(cfg, variant)
+            skip = []
+            if kwargs.get("num_classes", resolved.num_classes) != resolved.num_classes and resolved.classifier:
+                skip.append(resolved.classifier + ".")
+            if kwargs.get("in_chans", resolved.input_size[0]) != resolved.input_size[0] and resolved.first_conv:
+                skip.append(resolved.first_conv + ".weight")
+
+            def filter_fn(weights, model):
+                check_state_dict(weights, model, origin, skip=tuple(skip))
+                return weights
+
+            overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, state_dict=state_dict, source=None)
+            kwargs["pretrained_cfg_overlay"] = overlay
+    model = timm.models.build_model_with_cfg(
         model_cls,
         variant,
         pretrained,
         feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_stages))),
+        pretrained_filter_fn=filter_fn,
         **kwargs,
     )
+    if filter_fn is not None:  # keep the cfg describing the source, not holding the tensors
+        model.pretrained_cfg.pop("state_dict", None)
+        model.pretrained_cfg.update(source=cfg.get("source"), file=cfg.get("file"))
+    return model

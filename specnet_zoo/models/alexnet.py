@@ -15,6 +15,7 @@ from __future__ import annotations
 from timm.models import generate_default_cfgs
 from torch import nn
 
+from ..pretrained import with_weights
 from ._base import (
     SPECNET_NO_TORCHSCRIPT,
     ClassifierHead,
@@ -75,10 +76,10 @@ def _create_alexnet(variant, pretrained=False, **kwargs):
     return build(AlexNetCifar, variant, pretrained, num_stages=len(_STAGES), **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_weights({
     "alexnet_cifar.cifar10": cfg(pool_size=(4, 4)),
     "specalexnet.cifar10": cfg(pool_size=(4, 4)),
-})
+}))
 
 
 @register_model

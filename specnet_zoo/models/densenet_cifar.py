@@ -24,8 +24,10 @@ import torch
 from timm.models import generate_default_cfgs, register_notrace_module
 from torch import nn
 
+from ..constants import SVHN_MEAN, SVHN_STD
 from ..layers import SpectralConv2d, spectral_conv_chain
 from ..layers.compact import ConcatNorm
+from ..pretrained import with_weights
 from ._base import (
     SPECNET_NO_TORCHSCRIPT,
     ClassifierHead,
@@ -225,12 +227,14 @@ def _create_densenet40(variant, pretrained=False, **kwargs):
     return build(DenseNetCifar, variant, pretrained, num_stages=3, **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_weights({
     "densenet_cifar.cifar10": cfg(pool_size=(16, 16)),
     "specdensenet.cifar10": cfg(pool_size=(16, 16)),
+    "densenet_cifar.svhn": cfg(pool_size=(16, 16), mean=SVHN_MEAN, std=SVHN_STD),
+    "specdensenet.svhn": cfg(pool_size=(16, 16), mean=SVHN_MEAN, std=SVHN_STD),
     "densenet40_cifar.cifar10": cfg(first_conv="stages.0.stem", pool_size=(8, 8)),
     "specdensenet40.cifar10": cfg(first_conv="stages.0.stem", pool_size=(8, 8)),
-})
+}))
 
 
 @register_model

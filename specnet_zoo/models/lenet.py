@@ -12,6 +12,7 @@ from __future__ import annotations
 from timm.models import generate_default_cfgs
 from torch import nn
 
+from ..pretrained import with_weights
 from ._base import (
     MNIST_CFG,
     SPECNET_NO_TORCHSCRIPT,
@@ -86,10 +87,10 @@ def _create_lenet(variant: str, pretrained: bool = False, **kwargs) -> LeNet:
     return build(LeNet, variant, pretrained, num_stages=len(_WIDTHS), **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_weights({
     "lenet5.mnist": cfg(**MNIST_CFG, pool_size=(4, 4)),
     "speclenet.mnist": cfg(**MNIST_CFG, pool_size=(4, 4)),
-})
+}))
 
 
 @register_model

@@ -27,6 +27,7 @@ from ..layers import (
     frequency_dropout_schedule,
     spectralize,
 )
+from ..pretrained import with_weights
 from ._base import (
     ClassifierHead,
     ConvStage,
@@ -124,7 +125,7 @@ def _create_rippel(variant, pretrained=False, **kwargs):
 _SPECPOOL = cfg(pool_size=(10, 10))
 _POOLED = cfg(pool_size=(8, 8))
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_weights({
     "specpool_cifar.cifar10": _SPECPOOL,
     "specpool_cifar.cifar100": cfg(pool_size=(10, 10), num_classes=100),
     "rippel_generic.cifar10": _POOLED,
@@ -132,7 +133,7 @@ default_cfgs = generate_default_cfgs({
     "specparam_generic.cifar10": _POOLED,
     "specparam_deep.cifar10": _POOLED,
     "specparam_specpool_cifar.cifar10": _SPECPOOL,
-})
+}))
 
 
 @register_model

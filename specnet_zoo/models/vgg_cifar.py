@@ -18,6 +18,7 @@ from __future__ import annotations
 from timm.models import generate_default_cfgs
 from torch import nn
 
+from ..pretrained import with_weights
 from ._base import (
     SPECNET_NO_TORCHSCRIPT,
     ClassifierHead,
@@ -82,12 +83,12 @@ def _create_vgg(variant, pretrained=False, **kwargs):
     return build(VggCifar, variant, pretrained, num_stages=3 if kwargs.get("table5") else len(_STAGES), **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_weights({
     "vgg16_cifar.cifar10": cfg(),
     "specvgg16.cifar10": cfg(),
     "vgg_t5_cifar.cifar10": cfg(pool_size=(4, 4)),
     "specvgg_t5.cifar10": cfg(pool_size=(4, 4)),
-})
+}))
 
 
 @register_model

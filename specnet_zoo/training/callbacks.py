@@ -1,24 +1,46 @@
 """Small Lightning callbacks used by the CLI."""
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
 from ..profiling import MB, SavedTensorRecorder, tensors_in, unique_bytes
 
-__all__ = ["EpochTimer", "MemoryMonitor"]
+__all__ = ["EpochTimer", "MemoryMonitor", "hardware_summary"]
+
+
+def hardware_summary(trainer: L.Trainer) -> dict:
+    """What a run trains on: device name, device count, precision, torch version (for model cards)."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores)"
+    return dict(device=name, devices=trainer.world_size, precision=str(trainer.precision), torch=torch.__version__)
 
 
 class EpochTimer(L.Callback):
     """Log the wall time of every training epoch (validation excluded) as ``time/train_epoch_s``.
 
-    An epoch resumed part-way from a checkpoint is not timed (it would look short).
+    An epoch resumed part-way from a checkpoint is not timed (it would look short). At the start of
+    ``fit`` it writes ``hardware.json`` (:func:`hardware_summary`) into the logger's folder.
     """
 
     def __init__(self) -> None:
         self._start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if trainer.is_global_zero and log_dir:
+            folder = Path(log_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hardware.json").write_text(json.dumps(hardware_summary(trainer)) + "\n")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()

@@ -46,7 +46,7 @@ class SpecnetLightningCLI(LightningCLI):
         if not self.config["fit"].get("test_after_fit"):
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
 
 
 def cli_main(args: list[str] | None = None) -> SpecnetLightningCLI:

@@ -1,6 +1,7 @@
 """``ImageClassifier``: any registered model, the optimizers and schedules of both papers, torchmetrics."""
 from __future__ import annotations
 
+import math
 from typing import Literal, Sequence
 
 import lightning as L
@@ -31,7 +32,10 @@ class ImageClassifier(L.LightningModule):
         lr, momentum, weight_decay, nesterov: optimizer settings.
         scheduler: 'step' (multiply by ``gamma`` every ``step_size`` epochs; SpecNet: 50, 0.5),
             'multistep' (at ``milestones``; Rippel eq. 5: 100, 140 with 0.1), 'cosine' (to zero over
-            ``trainer.max_epochs``, or per step over ``trainer.max_steps`` when only that is set) or 'none'.
+            ``trainer.max_epochs``, or per step over ``trainer.max_steps`` when only that is set; per step
+            after a linear warm-up when ``warmup`` > 0), 'onecycle' (``OneCycleLR`` per step, peak ``lr``
+            after ``warmup`` of the run, 0.3 when unset) or 'none'.
+        warmup: fraction of the run's optimizer steps spent warming up ('cosine', 'onecycle').
         label_smoothing: cross-entropy label smoothing.
         spectral_param: learn every ``nn.Conv2d`` filter in the frequency domain (Rippel Sec. 4,
             :func:`specnet_zoo.layers.spectralize`); the function at initialisation is unchanged.
@@ -54,14 +58,17 @@ class ImageClassifier(L.LightningModule):
         momentum: float = 0.95,
         weight_decay: float = 0.0,
         nesterov: bool = False,
-        scheduler: Literal["none", "step", "multistep", "cosine"] = "step",
+        scheduler: Literal["none", "step", "multistep", "cosine", "onecycle"] = "step",
         step_size: int = 50,
         gamma: float = 0.5,
         milestones: Sequence[int] = (100, 140),
         label_smoothing: float = 0.0,
         spectral_param: bool = False,
+        warmup: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup is a fraction of the run's steps in [0, 1), got {warmup}")
         self.save_hyperparameters()
         kwargs = dict(model_kwargs or {}, num_classes=num_classes)
         if in_chans is not None:
@@ -140,17 +147,42 @@ class ImageClassifier(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.gamma)
         elif hp.scheduler == "multistep":
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=hp.gamma)
+        elif hp.scheduler == "onecycle":
+            return {"optimizer": optimizer, "lr_scheduler": self._one_cycle(optimizer)}
         else:
             return {"optimizer": optimizer, "lr_scheduler": self._cosine(optimizer)}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    def _total_steps(self) -> int:
+        steps = self.trainer.estimated_stepping_batches
+        if not 0 < steps < float("inf"):
+            raise ValueError(f"scheduler={self.hparams.scheduler!r} needs a finite run: set trainer.max_epochs or "
+                             "trainer.max_steps")
+        return int(steps)
+
+    def _one_cycle(self, optimizer: torch.optim.Optimizer) -> dict:
+        """Warm up to ``lr`` over ``warmup`` of the run (0.3 when unset), then anneal (cosine) to lr / 1e4."""
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=self._total_steps(), pct_start=self.hparams.warmup or 0.3,
+            cycle_momentum=self.hparams.optimizer == "sgd")
+        return {"scheduler": scheduler, "interval": "step"}
+
     def _cosine(self, optimizer: torch.optim.Optimizer) -> dict:
-        """Cosine to zero over the run: per epoch over ``max_epochs``, or per step when only ``max_steps`` bounds it."""
-        trainer = self.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.max_steps in (-1, None):
+        """Cosine to zero over the run: per epoch over ``max_epochs``, or per step when only ``max_steps`` bounds
+        it or a warm-up (linear from 0) precedes it."""
+        trainer, warmup = self.trainer, self.hparams.warmup
+        epoch_bound = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.max_steps in (-1, None)
+        if epoch_bound and not warmup:
             return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=trainer.max_epochs),
                     "interval": "epoch"}
-        steps = trainer.estimated_stepping_batches
-        if not 0 < steps < float("inf"):
-            raise ValueError("scheduler='cosine' needs a finite run: set trainer.max_epochs or trainer.max_steps")
-        return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(steps)), "interval": "step"}
+        total = self._total_steps()
+        if not warmup:
+            return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
+        warm = max(1, round(warmup * total))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm + 1) / (total - warm + 1))))
+
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
