@@ -172,7 +172,7 @@ def test_bundled_weights_load_offline_and_match_their_manifest(offline_cache):
         model = specnet_zoo.create_model(tag, pretrained=True)
         assert model.pretrained_cfg["file"] == str(path)
         for key, value in info["model_args"].items():  # the tag's model arguments are applied
-            assert getattr(model.stages[0].convs[0], key, value) == value
+            assert getattr(model.stages[0].convs[0], key) == value
         assert f"| {tag.split('.')[0]} |" in table and tag.split(".")[1] in table
 
 
