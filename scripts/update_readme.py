@@ -2,7 +2,8 @@
 """Regenerate README.md's generated sections: the model table from the registry (``specnet-zoo models
 --markdown``), the pretrained-tag table from the pretrained cfgs and ``specnet_zoo/weights/manifest.json``,
 the training-memory tables from ``docs/specnet_memory.md`` (written by
-``specnet-zoo reproduce specnet-memory --out docs``), the layer benchmarks from ``docs/bench_layers_cpu.md``
+``specnet-zoo reproduce specnet-memory --out docs``), the reproduction summary from ``docs/results_summary.md``
+(``specnet-zoo reproduce all``, which also runs this script), the layer benchmarks from ``docs/bench_layers_cpu.md``
 (``scripts/bench_layers.py --markdown``) and the step benchmarks from ``docs/bench_models_cpu.md`` /
 ``docs/bench_models_cuda.md`` (``scripts/bench_models.py --markdown``).
 
@@ -23,6 +24,7 @@ README = ROOT / "README.md"
 MEMORY = ROOT / "docs" / "specnet_memory.md"
 BENCH = {device: ROOT / "docs" / f"bench_models_{device}.md" for device in ("cpu", "cuda")}
 LAYERS = ROOT / "docs" / "bench_layers_cpu.md"
+RESULTS = ROOT / "docs" / "results_summary.md"
 NO_GPU = ("GPU: not measured yet (no accelerator was available when these tables were generated); run "
           "`python scripts/bench_models.py --device cuda --markdown docs/bench_models_cuda.md` on one.")
 
@@ -43,6 +45,8 @@ def render(text: str) -> str:
     text = _section(text, "model-table", model_table(markdown=True))
     text = _section(text, "pretrained-table", pretrained_table(recipe_for=_recipe_for))
     text = _section(text, "specnet-memory", MEMORY.read_text())
+    text = _section(text, "reproduction-results", RESULTS.read_text() if RESULTS.exists() else
+                    "Not generated yet: run `specnet-zoo reproduce all`.")
     text = _section(text, "bench-layers-cpu", LAYERS.read_text())
     text = _section(text, "bench-models-cpu", BENCH["cpu"].read_text())
     return _section(text, "bench-models-cuda", BENCH["cuda"].read_text() if BENCH["cuda"].exists() else NO_GPU)

@@ -5,6 +5,7 @@
     specnet-zoo profile --model NAME [--threshold B | --density D] [--storage S] --batch-size N
     specnet-zoo reproduce info-preservation [--photos DIR] [--out DIR]
     specnet-zoo reproduce specnet-memory [--out DIR] [--batch-size N] [--models ...] [--no-table]
+    specnet-zoo reproduce all [--quick | --budget quick|cpu|full] [--out DIR] [--runs DIR] [--device D]
     specnet-zoo export CKPT --out DIR [--tag TAG] [--no-memory]
     specnet-zoo push DIR --repo-id ORG/NAME [--revision R] [--private] [--dry-run]
     specnet-zoo --version
@@ -35,6 +36,21 @@ def _reproduce_specnet_memory(args: argparse.Namespace) -> int:
         raise ValueError(f"--models takes SpecNet models with a spatial twin ({known}), got {', '.join(args.models)}")
     sm.run(args.out, batch_size=args.batch_size, table_batch_size=args.table_batch_size, pairs=pairs,
            table=not args.no_table, timing_steps=args.timing_steps)
+    return 0
+
+
+def _reproduce_all(args: argparse.Namespace) -> int:
+    from .reproduce.results import run_all
+
+    budget = "quick" if args.quick else args.budget
+    if budget is None:
+        import torch
+
+        budget = "full" if torch.cuda.is_available() else "cpu"
+    out = args.out or ("outputs/reproduce/quick" if budget == "quick" else "docs")
+    runs = args.runs or f"outputs/reproduce/runs-{budget}"
+    run_all(budget, out, runs, device=args.device, data_root=args.data, memory=not args.no_memory,
+            speed=not args.no_speed)
     return 0
 
 
@@ -235,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--no-table", action="store_true", help="skip the checkpoint/offload comparison table")
     memory.add_argument("--timing-steps", type=int, default=2, help="timed steps per table row (median)")
     memory.set_defaults(handler=_reproduce_specnet_memory)
+    every = experiments.add_parser(
+        "all", help="every accuracy reproduction, then results.md with figures (and the README's tables)",
+        description="SpecNet accuracy vs beta/density with memory (Fig. 3 d-f), Rippel's spectral-parametrization "
+        "speedup (Fig. 5) and spectral pooling vs max pooling (Sec. 5.1), trained at one budget; writes "
+        "OUT/results.md, OUT/figures/, one CSV per experiment and hardware.json. Runs resume: finished ones are "
+        "reused, a killed one continues from its last checkpoint. With OUT the checkout's docs/ folder it also "
+        "regenerates docs/specnet_memory.md and the benchmark tables and rewrites the README's tables.")
+    budget = every.add_mutually_exclusive_group()
+    budget.add_argument("--quick", action="store_true", help="same as --budget quick (minutes on a CPU)")
+    budget.add_argument("--budget", choices=("quick", "cpu", "full"),
+                        help="quick: pipeline check; cpu: ~2 h on 2 cores; full: an accelerator (default: full on "
+                        "CUDA, else cpu)")
+    every.add_argument("--out", help="report folder (default: docs, or outputs/reproduce/quick for --quick)")
+    every.add_argument("--runs", help="where runs keep logs, checkpoints and results (default: "
+                       "outputs/reproduce/runs-<budget>)")
+    every.add_argument("--device", default="cpu", help="torch device of the training runs (cpu, cuda, cuda:1)")
+    every.add_argument("--data", default=str(shared_data_dir()), help="the shared data folder (mnist/, cifar10-jpg/)")
+    every.add_argument("--no-memory", action="store_true", help="skip the SpecNet memory sweep (specnet_memory.md)")
+    every.add_argument("--no-speed", action="store_true", help="skip the benchmark scripts (README speed tables)")
+    every.set_defaults(handler=_reproduce_all)
     return parser
 
 

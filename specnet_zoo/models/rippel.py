@@ -38,17 +38,49 @@ from ._base import (
     register_model,
 )
 
-__all__ = ["RippelNet", "SpecPoolStage"]
+__all__ = ["RippelNet", "ScaledMaxPool2d", "SpecPoolStage"]
+
+
+class ScaledMaxPool2d(nn.Module):
+    """Max pooling to ``floor(gamma * size)`` (overlapping adaptive windows): the max-pooling twin of
+    ``SpectralPool2d(scale_factor=gamma)``, same output sizes, no parameters.
+
+    Shape:
+        (N, C, H, W) -> (N, C, floor(gamma H), floor(gamma W)).
+    """
+
+    def __init__(self, scale_factor: float):
+        super().__init__()
+        self.shape_of = SpectralPool2d(scale_factor=scale_factor).output_size_for
+        self.scale_factor = scale_factor
+
+    def output_size_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        return self.shape_of(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_max_pool2d(x, self.output_size_for((x.shape[-2], x.shape[-1])))
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}"
 
 
 class SpecPoolStage(nn.Module):
-    """conv3x3 -> ReLU -> SpectralPool2d(scale gamma, frequency dropout c) -> ReLU (Rippel eq. 5)."""
+    """conv3x3 -> ReLU -> SpectralPool2d(scale gamma, frequency dropout c) -> ReLU (Rippel eq. 5).
 
-    def __init__(self, in_chs: int, out_chs: int, gamma: float, min_fraction: float, kernel_size: int = 3):
+    ``pool="max"`` swaps the pooling for :class:`ScaledMaxPool2d` to the same size (Sec. 5.1's
+    max-pooling baseline: same parameters, same map sizes)."""
+
+    def __init__(self, in_chs: int, out_chs: int, gamma: float, min_fraction: float, kernel_size: int = 3,
+                 pool: str = "spectral"):
         super().__init__()
         self.convs = nn.ModuleList([nn.Conv2d(in_chs, out_chs, kernel_size, padding="same")])
         self.act = nn.ReLU(inplace=True)
-        self.pool = SpectralPool2d(scale_factor=gamma, frequency_dropout=FrequencyDropout(min_fraction))
+        if pool == "spectral":
+            self.pool = SpectralPool2d(scale_factor=gamma, frequency_dropout=FrequencyDropout(min_fraction))
+        elif pool == "max":
+            self.pool = ScaledMaxPool2d(gamma)
+        else:
+            raise ValueError(f"pool must be 'spectral' or 'max', got {pool!r}")
         self.min_size = 1
 
     def out_size(self, n: int) -> int:
@@ -71,6 +103,8 @@ class RippelNet(StagedClassifier):
         num_classes, in_chans: classifier outputs (0: features only) and input channels.
         depth, gamma, alpha, beta: eq. 5's M, pooling factor and frequency-dropout schedule.
         kernel_size: 3 (eq. 5-7) or 5 (Fig. 5's 5x5 variants) for every spatial-support convolution.
+        pool: 'spectral' (eq. 5) or 'max' (arch 'specpool' only: max pooling to the same sizes, the
+            equal-parameter baseline of Sec. 5.1; alpha/beta then do nothing).
         spectral_param: parametrize every convolution in the frequency domain (Sec. 4).
         drop_rate: dropout after hidden FC layers (eq. 6) or before the classifier.
         img_size: the input size ``feature_info`` reductions are computed for.
@@ -78,14 +112,17 @@ class RippelNet(StagedClassifier):
     """
 
     def __init__(self, arch="specpool", num_classes=10, in_chans=3, depth=6, gamma=0.85, alpha=0.30, beta=0.15,
-                 spectral_param=False, drop_rate=0.0, img_size=32, global_pool="avg", kernel_size=3):
+                 spectral_param=False, drop_rate=0.0, img_size=32, global_pool="avg", kernel_size=3, pool="spectral"):
         super().__init__()
+        if pool != "spectral" and arch != "specpool":
+            raise ValueError(f"pool={pool!r} applies to arch 'specpool' only (eq. 6 and 7 max-pool already), got "
+                             f"arch {arch!r}")
         stages: list[nn.Module] = []
         if arch == "specpool":
             chans = in_chans
             for m, c_m in enumerate(frequency_dropout_schedule(alpha, beta, depth), start=1):
                 width = min(96 + 32 * m, 288)
-                stages.append(SpecPoolStage(chans, width, gamma, c_m, kernel_size))
+                stages.append(SpecPoolStage(chans, width, gamma, c_m, kernel_size, pool))
                 chans = width
             stages.append(ConvStage(chans, [min(96 + 32 * depth, 288)], kernel_size=1))
             head_kwargs = dict(pool_size=1)
