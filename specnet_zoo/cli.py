@@ -40,12 +40,18 @@ def _reproduce_specnet_memory(args: argparse.Namespace) -> int:
 
 
 def _reproduce_all(args: argparse.Namespace) -> int:
+    import torch
+
     from .reproduce.results import run_all
 
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device must be a torch device such as cpu, cuda or cuda:1, got {args.device!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     budget = "quick" if args.quick else args.budget
     if budget is None:
-        import torch
-
         budget = "full" if torch.cuda.is_available() else "cpu"
     out = args.out or ("outputs/reproduce/quick" if budget == "quick" else "docs")
     runs = args.runs or f"outputs/reproduce/runs-{budget}"

@@ -78,6 +78,18 @@ def test_run_spec_rejects_bad_settings():
         RunSpec(name="x", model="lenet5", dataset="mnist", steps=1, optimizer="rmsprop")
     with pytest.raises(ValueError, match="steps and batch_size must be >= 1"):
         RunSpec(name="x", model="lenet5", dataset="mnist", steps=0)
+    with pytest.raises(ValueError, match="unknown model 'lenet6'"):
+        RunSpec(name="x", model="lenet6", dataset="mnist", steps=1)
+
+
+def test_reproduce_all_rejects_a_bad_device(tmp_path, capsys):
+    argv = ["reproduce", "all", "--quick", "--out", str(tmp_path), "--runs", str(tmp_path)]
+    assert main(argv + ["--device", "gpu0"]) == 1
+    assert "--device must be a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(argv + ["--device", "cuda"]) == 1
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("network", spectral_param.NETWORKS)
@@ -198,7 +210,7 @@ def test_default_recipes_use_the_documented_memory_setting():
 
     checked = 0
     for model, setting in MEMORY_SETTINGS.items():
-        assert specnet_accuracy.SETTINGS[next(k for k, v in specnet_accuracy.SETTINGS.items() if v == setting)]
+        assert setting in specnet_accuracy.SETTINGS.values(), (model, setting)
         recipe = checkout_dir() / "recipes" / f"cifar10_{model}.yaml"
         if recipe.is_file():
             assert yaml.safe_load(recipe.read_text())["model"]["model_kwargs"] == setting, recipe

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -80,6 +81,8 @@ class RunSpec:
     measure_memory: bool = False
 
     def __post_init__(self) -> None:
+        if not timm.is_model(self.model):
+            raise ValueError(f"unknown model {self.model!r}; `specnet-zoo models` lists the registered ones")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
