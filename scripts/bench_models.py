@@ -10,6 +10,7 @@ and at the memory setting (density 0.2, int8 storage):
   kernel launch), with the issue-10 target <= 3x;
 * step time (median of interleaved rounds; absolute times drift on a shared machine, ratios do not);
 * on CUDA, the peak memory a step allocates above the model state (``torch.cuda.max_memory_allocated``);
+* the step peak at the memory setting and what is live at that moment (profiler allocation timeline);
 * the saved-activation ratio of ``measure_memory`` at the memory setting.
 
 Rippel's spectrally parametrized networks are timed against their spatial twins. ``--markdown`` also
@@ -27,8 +28,8 @@ import torch
 
 import specnet_zoo
 from specnet_zoo.constants import PAPER_PAIRS
-from specnet_zoo.layers import spectral_chain
-from specnet_zoo.profiling import count_ops, measure_memory, step_peak_bytes
+from specnet_zoo.layers import SpectralConv2d, spectral_chain
+from specnet_zoo.profiling import count_ops, measure_memory, step_peak_breakdown, step_peak_bytes
 
 MEMORY_SETTING = {"density": 0.2, "storage": "int8"}
 SETTINGS = {"no threshold": {}, "density 0.2, int8": MEMORY_SETTING}
@@ -95,7 +96,8 @@ def mark(value: float, target: float | None) -> str:
 
 def specnet_rows(args, device: torch.device) -> list[str]:
     cuda = device.type == "cuda"
-    head = ["model", "setting", "ops", "ops ratio", "ms", "time ratio"] + (["peak MB", "peak ratio"] if cuda else [])
+    head = (["model", "setting", "ops", "ops ratio", "ops added per conv", "ms", "time ratio"]
+            + (["peak MB", "peak ratio"] if cuda else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for spectral, spatial, _ in PAPER_PAIRS:
         if args.only and spectral not in args.only and spatial not in args.only:
@@ -105,12 +107,16 @@ def specnet_rows(args, device: torch.device) -> list[str]:
         steps.update({label: make_step(spectral, args.batch_size, device, **kw)[1] for label, kw in SETTINGS.items()})
         ms = median_ms(steps, device, args.rounds)
         twin_peak = peak_mb(spatial, args.batch_size, device) if cuda else None
-        row = [spatial, "", f"{twin_ops}", "", f"{ms['twin']:.0f}", ""] + ([f"{twin_peak:.0f}", ""] if cuda else [])
+        row = [spatial, "", f"{twin_ops}", "", "", f"{ms['twin']:.0f}", ""] + ([f"{twin_peak:.0f}", ""] if cuda else [])
         lines.append("| " + " | ".join(row) + " |")
+        convs = sum(isinstance(m, SpectralConv2d) for m in specnet_zoo.create_model(spectral).modules())
+        base_ops = None
         for label, kw in SETTINGS.items():
             ops = step_ops(spectral, args.batch_size, **kw)
+            base_ops = ops if base_ops is None else base_ops  # the first setting is "no threshold"
             time_target = CUDA_TIME_TARGET if cuda else CPU_TIME_TARGET[spectral]
-            row = [spectral, label, f"{ops}", mark(ops / twin_ops, OPS_TARGET), f"{ms[label]:.0f}",
+            added = f"{(ops - base_ops) / convs:.0f}" if kw else ""  # threshold, packing, mask: what fusion would remove
+            row = [spectral, label, f"{ops}", mark(ops / twin_ops, OPS_TARGET), added, f"{ms[label]:.0f}",
                    mark(ms[label] / ms["twin"], time_target)]
             if cuda:
                 peak = peak_mb(spectral, args.batch_size, device, **kw)
@@ -132,6 +138,26 @@ def saved_rows(args) -> list[str]:
         x, y = torch.randn(8, c, h, w), torch.randint(0, 10, (8,))
         saved = {n: measure_memory(m, x, y).saved_bytes for n, m in models.items()}
         lines.append(f"| {spectral} / {spatial} | {mark(saved[spectral] / saved[spatial], SAVED_TARGET.get(spectral))} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def peak_rows(args, device: torch.device) -> list[str]:
+    """Peak memory of a training step at the memory setting vs the twin, and what is live at the peak."""
+    lines = ["| model | step peak MB | twin's | ratio | largest live at the peak (allocating op, MB, tensors) |",
+             "|---|---|---|---|---|"]
+    for spectral, spatial, _ in PAPER_PAIRS:
+        if args.only and spectral not in args.only and spatial not in args.only:
+            continue
+        peaks = {}
+        for name, kw in ((spatial, {}), (spectral, MEMORY_SETTING)):
+            _, step = make_step(name, args.batch_size, device, **kw)
+            step()
+            peaks[name] = step_peak_breakdown(step, device)
+        (twin, _), (peak, rows) = peaks[spatial], peaks[spectral]
+        live = "; ".join(f"{op} {size / 2**20:.0f} ({n})" for op, size, n in rows)
+        target = CUDA_PEAK_TARGET[spectral] if device.type == "cuda" else None
+        lines.append(f"| {spectral} | {peak / 2**20:.0f} | {twin / 2**20:.0f} | {mark(peak / twin, target)} | {live} |")
         print(lines[-1], flush=True)
     return lines
 
@@ -181,7 +207,7 @@ def flop_rows(args) -> list[str]:
 
 
 def profile_rows(args, device: torch.device) -> list[str]:
-    """Share of the step's self time per operator, spectral (no threshold) next to its twin."""
+    """Share of the step's self time per operator, spectral (both settings) next to its twin."""
     from torch.profiler import ProfilerActivity, profile
 
     lines = []
@@ -189,8 +215,9 @@ def profile_rows(args, device: torch.device) -> list[str]:
     for spectral, spatial, _ in PAPER_PAIRS:
         if spectral not in args.profile:
             continue
-        for name in (spectral, spatial):
-            _, step = make_step(name, args.batch_size, device)
+        for name, label, kw in ((spectral, "no threshold", {}), (spectral, "density 0.2 int8", MEMORY_SETTING),
+                                (spatial, "", {})):
+            _, step = make_step(name, args.batch_size, device, **kw)
             step(), step()
             with profile(activities=activities) as prof:
                 step()
@@ -201,7 +228,7 @@ def profile_rows(args, device: torch.device) -> list[str]:
             total = sum(getattr(e, attr) for e in events)
             top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:8]
             shares = ", ".join(f"{e.key[6:]} {100 * getattr(e, attr) / total:.0f}% ({e.count})" for e in top)
-            lines.append(f"- {name}: {total / 1e3:.0f} ms of operator time: {shares}")
+            lines.append(f"- {name}{f' ({label})' if label else ''}: {total / 1e3:.0f} ms of operator time: {shares}")
             print(lines[-1], flush=True)
     return lines
 
@@ -268,6 +295,9 @@ def main() -> None:
     print(f"# {title}\n")
     sections = [title, "", *specnet_rows(args, device), ""]
     sections += ["Saved activations (`measure_memory`, batch 8):", "", *saved_rows(args), ""]
+    sections += [f"Peak memory of one training step at density 0.2, int8, batch {args.batch_size} (allocations made "
+                 "during the step, profiler timeline; issue 10's targets are for a GPU, where `cuda.max_memory_"
+                 "allocated` is used):", "", *peak_rows(args, device), ""]
     sections += ["The arithmetic: real flops of the convolution GEMMs per step (a complex multiply-add is 8; "
                  "the padded spectral grid of a small map is several times the map):", "", *flop_rows(args), ""]
     if args.profile:

@@ -25,8 +25,9 @@ MEMORY = ROOT / "docs" / "specnet_memory.md"
 BENCH = {device: ROOT / "docs" / f"bench_models_{device}.md" for device in ("cpu", "cuda")}
 LAYERS = ROOT / "docs" / "bench_layers_cpu.md"
 RESULTS = ROOT / "docs" / "results_summary.md"
-NO_GPU = ("GPU: not measured yet (no accelerator was available when these tables were generated); run "
-          "`python scripts/bench_models.py --device cuda --markdown docs/bench_models_cuda.md` on one.")
+NO_GPU = ("GPU: not measured yet (no accelerator was available when these tables were generated); on one, "
+          "`bash scripts/gpu_checks.sh` runs the correctness tests on CUDA and writes `bench_models_cuda.md` "
+          "(copy it to docs/ and rerun this script).")
 
 
 def _recipe_for(tag: str) -> str | None:

@@ -354,6 +354,13 @@ def step_peak_bytes(step: Callable[[], None], device: torch.device) -> tuple[int
 
 def _profiled_allocations(fn: Callable[[], object], device: torch.device) -> list[int]:
     """Signed allocation sizes on ``device`` while ``fn()`` runs, in time order (torch.profiler)."""
+    return [size for size, _, _ in _allocation_events(fn, device)]
+
+
+def _allocation_events(fn: Callable[[], object], device: torch.device) -> list[tuple[int, int, str]]:
+    """(signed size, address, allocating operator) of every allocation and free on ``device`` while ``fn()``
+    runs, in time order (torch.profiler). The operator is the innermost one that is not a plain
+    allocation (``aten::empty``, ``aten::empty_like``, ...)."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
@@ -366,8 +373,58 @@ def _profiled_allocations(fn: Callable[[], object], device: torch.device) -> lis
         event = pending.pop()
         pending.extend(event.children)
         if event.tag == _EventType.Allocation and event.extra_fields.device.type == device.type:
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))
-    return [size for _, size in sorted(events, key=lambda e: e[0])]
+            owner = event.parent
+            while owner is not None and owner.name in _ALLOCATORS:
+                owner = owner.parent
+            events.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.ptr,
+                           _where(owner)))
+    return [(size, ptr, owner) for _, size, ptr, owner in sorted(events, key=lambda e: e[0])]
+
+
+def _where(op) -> str:
+    """``op``'s name and the pass it ran in: "aten::bmm (spectral backward)"."""
+    if op is None:
+        return "?"
+    stage, up = "forward", op.parent
+    while up is not None:
+        if up.name in ("CompactChain", "CompactChainBackward"):
+            stage = "spectral forward" if up.name == "CompactChain" else "spectral backward"
+            break
+        if up.name.startswith("autograd::engine"):
+            stage = "backward"
+        up = up.parent
+    return f"{op.name} ({stage})"
+
+
+_ALLOCATORS = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::_to_copy",
+               "aten::clone"}
+
+
+def step_peak_breakdown(step: Callable[[], None], device: torch.device, top: int = 4) -> tuple[int, list[tuple[str, int, int]]]:
+    """Peak bytes allocated above the start while ``step()`` runs, and what was live at that moment:
+    (peak, [(allocating operator, bytes, tensors), ...] largest first, at most ``top`` rows).
+
+    Only memory allocated during the step is seen (the profiler's allocation timeline): the model state
+    and anything allocated before are outside it, as in :func:`step_peak_bytes`.
+    """
+    live: dict[int, tuple[int, str]] = {}
+    running = peak = 0
+    at_peak: dict[int, tuple[int, str]] = {}
+    for size, ptr, owner in _allocation_events(step, device):
+        running += size
+        if size > 0:
+            live[ptr] = (size, owner)
+        else:
+            live.pop(ptr, None)
+        if running > peak:
+            peak, at_peak = running, dict(live)
+    groups: dict[str, list[int]] = {}
+    for size, owner in at_peak.values():
+        groups.setdefault(owner, [0, 0])
+        groups[owner][0] += size
+        groups[owner][1] += 1
+    rows = sorted(((owner, b, n) for owner, (b, n) in groups.items()), key=lambda r: -r[1])
+    return peak, rows[:top]
 
 
 def measure_memory(

@@ -44,6 +44,15 @@ def test_packing_round_trip_is_exact(dtype, masked):
     assert (packed.values.data_ptr() == spectrum.data_ptr()) == (not masked)
 
 
+def test_unmasked_compact_pack_does_not_pin_a_larger_buffer():
+    """A DenseNet block's conv outputs are views of one spectra buffer; keeping a view would keep it all."""
+    buffer = torch.randn(6, 10, 4, dtype=torch.complex64)
+    view = buffer.narrow(1, 4, 3)
+    packed = PackedSpectrum.pack(view, None, "compact")
+    assert packed.values.untyped_storage().nbytes() == view.numel() * view.element_size() == packed.nbytes
+    assert torch.equal(packed.unpack()[0], view)
+
+
 @pytest.mark.parametrize("storage,bound", [("float16", 2**-11), ("int8", 1 / 254)])
 def test_low_precision_packing_error_is_bounded(storage, bound):
     spectrum = torch.complex(torch.rand(6, 5, 4, 8) * 2 - 1, torch.rand(6, 5, 4, 8) * 2 - 1)  # split-tanh range

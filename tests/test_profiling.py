@@ -7,7 +7,13 @@ from torch import nn
 
 import specnet_zoo
 from specnet_zoo.cli import main
-from specnet_zoo.profiling import SavedTensorRecorder, _profiled_allocations, measure_memory
+from specnet_zoo.profiling import (
+    SavedTensorRecorder,
+    _profiled_allocations,
+    measure_memory,
+    step_peak_breakdown,
+    step_peak_bytes,
+)
 
 
 def profiler_forward_bytes(model, inputs) -> int:
@@ -181,3 +187,17 @@ def test_reproduce_specnet_memory_writes_csv_and_plot(tmp_path, shared_data, cap
     betas = [r for r in rows if r["axis"] == "beta"]
     assert len(betas) == 5 and all(float(r["min_density"]) < 1 for r in betas)
     assert "| speclenet / lenet5 | compact |" in capsys.readouterr().out
+
+
+def test_step_peak_breakdown_names_what_is_live_at_the_peak():
+    def step():
+        big = torch.ones(2**20)  # 4 MiB, allocated by aten::ones
+        doubled = big.mul(2)  # 4 MiB more: the peak
+        del doubled
+        torch.ones(2**18)  # 1 MiB after the peak
+
+    device = torch.device("cpu")
+    peak, rows = step_peak_breakdown(step, device)
+    assert 8 * 2**20 <= peak < 8 * 2**20 + 2**16
+    assert step_peak_bytes(step, device)[0] == peak
+    assert set(rows[:2]) == {("aten::ones (forward)", 4 * 2**20, 1), ("aten::mul (forward)", 4 * 2**20, 1)}

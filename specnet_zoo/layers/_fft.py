@@ -79,6 +79,12 @@ def output_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y.contiguous()  # a crop of a larger FFT buffer must not keep that buffer alive
 
 
+def needs_hermitian_repair(device: torch.device) -> bool:
+    """Whether c2r transforms on ``device`` need :func:`hermitian_repair` first: every device but the CPU,
+    whose pocketfft c2r already keeps only the Hermitian part of the self-conjugate columns."""
+    return device.type != "cpu"
+
+
 def hermitian_repair(spec: torch.Tensor, width: int) -> torch.Tensor:
     """Make the self-conjugate columns of an rfft2 spectrum exactly Hermitian.
 
@@ -132,7 +138,7 @@ def rfft2_adjoint(grad: torch.Tensor, size: tuple[int, int], fft_size: tuple[int
     if width % 2 == 0:
         weights[-1] = 1.0
     grad = grad * weights
-    if grad.device.type != "cpu":
+    if needs_hermitian_repair(grad.device):
         grad = hermitian_repair(grad, width)
     grad_x = torch.fft.irfft2(grad, s=fft_size, norm=_ADJOINT_NORM[norm])
     return grad_x[..., : size[0], : size[1]]

@@ -154,6 +154,12 @@ def _unflatten_packs(ctx, saved: Sequence[torch.Tensor]) -> list[PackedSpectrum]
     return packs
 
 
+def _take_replayed(ctx):
+    """The replay a consumer left on this node (None if none), removed from the node."""
+    replayed, ctx.replayed = getattr(ctx, "replayed", None), None
+    return replayed
+
+
 class CompactChain(torch.autograd.Function):
     """``epilogue(block(prologue(*inputs)))`` that keeps only packed spectra for backward.
 
@@ -184,7 +190,7 @@ class CompactChain(torch.autograd.Function):
         ctx.unpacked = None
         kept = iter(saved[: ctx.param_slice.start])
         inputs = [next(kept) if src is None else replay_output(src) for src in ctx.sources]
-        replayed, ctx.replayed = getattr(ctx, "replayed", None), None
+        # The stashed replay is handed over, not kept here: backward frees its spectrum after the last use.
         grads = ctx.impl.backward_packed(inputs, saved[ctx.param_slice], _unflatten_packs(ctx, saved), grad_out,
-                                         ctx.needs_input_grad[2:], replayed)
+                                         ctx.needs_input_grad[2:], _take_replayed(ctx))
         return (None, None, *grads)

@@ -11,6 +11,7 @@ Storage modes (``storage=``):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -32,14 +33,17 @@ def _bit_weights(device: torch.device) -> torch.Tensor:
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as uint8 bytes, 8 entries per byte (little-endian bit order): (ceil(numel / 8),)."""
-    flat = F.pad(mask.reshape(-1), (0, (-mask.numel()) % 8))
-    return flat.view(-1, 8).mul(_bit_weights(mask.device)).sum(1, dtype=torch.uint8)
+    """A bool tensor as uint8 bytes, 8 entries per byte (little-endian bit order): (ceil(numel / 8), 1)."""
+    # Padding is skipped only when the leading dims make every batch size (the last dim) a multiple of 8, so
+    # the number of operator calls never depends on the batch.
+    if not mask.is_contiguous() or math.prod(mask.shape[:-1]) % 8:
+        mask = F.pad(mask.reshape(-1), (0, (-mask.numel()) % 8))
+    return mask.view(-1, 8).mul(_bit_weights(mask.device)).sum(1, keepdim=True, dtype=torch.uint8)
 
 
 def unpack_bits(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the bool tensor of ``shape``."""
-    flags = bits.unsqueeze(1).bitwise_and(_bit_weights(bits.device)).ne(0)  # (bytes, 8)
+    flags = bits.bitwise_and(_bit_weights(bits.device)).ne(0)  # (bytes, 8)
     strides = [1]
     for n in reversed(tuple(shape)[1:]):
         strides.insert(0, strides[0] * n)
@@ -47,19 +51,20 @@ def unpack_bits(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def _quantize_int8(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blockwise absmax int8 of complex values as reals [Re, Im, ...]: int8 (groups, INT8_GROUP) (zero-padded)
-    and float32 scales (groups, 1)."""
-    flat = kept.reshape(-1)
-    padded = F.pad(flat, (0, (-flat.numel()) % (INT8_GROUP // 2)))
-    groups = torch.view_as_real(padded).view(-1, INT8_GROUP)
-    absmax = torch.linalg.vector_norm(groups, float("inf"), dim=1, keepdim=True, dtype=torch.float32)
-    scale = absmax.div_(127).clamp_min_(torch.finfo(torch.float32).tiny)
+    """Blockwise absmax int8 of complex values as reals: int8 (groups, INT8_GROUP // 2, 2) [Re, Im] (zero-padded)
+    and scales (groups, 1, 1) in the values' real dtype."""
+    per_group = INT8_GROUP // 2
+    flat = kept if kept.dim() == 1 else kept.reshape(-1)
+    flat = F.pad(flat, (0, (-flat.numel()) % per_group))  # always: the kept count depends on the data
+    groups = torch.view_as_real(flat.view(-1, per_group))
+    absmax = torch.linalg.vector_norm(groups, float("inf"), dim=(1, 2), keepdim=True)
+    scale = absmax.div_(127).clamp_min_(torch.finfo(absmax.dtype).tiny)
     return groups.div(scale).round_().to(torch.int8), scale
 
 
 def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Real (groups * INT8_GROUP,) values in ``dtype`` (padding included) from :func:`_quantize_int8`."""
-    return q.to(dtype).mul_(scale.to(dtype)).view(-1)
+    """Real (groups, INT8_GROUP // 2, 2) values in ``dtype`` (padding included) from :func:`_quantize_int8`."""
+    return q.to(dtype).mul_(scale.to(dtype))
 
 
 @dataclass
@@ -80,11 +85,15 @@ class PackedSpectrum:
 
     @classmethod
     def pack(cls, spectrum: torch.Tensor, mask: torch.Tensor | None, storage: str) -> "PackedSpectrum":
-        """Pack ``spectrum`` (already zero outside ``mask``). Unmasked "compact" keeps the tensor itself:
-        the caller must not modify it afterwards."""
+        """Pack ``spectrum`` (already zero outside ``mask``). Unmasked "compact" keeps the tensor itself (the
+        caller must not modify it afterwards), or a copy when it is a view into a larger buffer (a DenseNet
+        block's spectra), which keeping the view would pin whole."""
         if storage not in STORAGES[:3]:
             raise ValueError(f"cannot pack a spectrum with storage={storage!r}; expected one of {STORAGES[:3]}")
         kept = spectrum if mask is None else spectrum.masked_select(mask)
+        if kept is spectrum and storage == "compact" and \
+                spectrum.untyped_storage().nbytes() > spectrum.numel() * spectrum.element_size():
+            kept = spectrum.clone()
         values, scale = kept, None
         if storage == "float16":
             values = torch.view_as_real(kept).to(torch.float16)
@@ -103,19 +112,37 @@ class PackedSpectrum:
     def mask(self) -> torch.Tensor | None:
         return None if self.bits is None else unpack_bits(self.bits, self.shape)
 
-    def unpack(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(complex spectrum of ``shape``, bool mask or None)."""
+    def _kept(self) -> torch.Tensor:
+        """The kept entries as complex values, in order (int8 padding included at the end)."""
         values = self.values
         if values.is_complex():
-            kept = values
-        else:
-            real = _REAL[self.dtype]
-            reals = values.to(real) if self.scale is None else _dequantize_int8(values, self.scale, real)
-            kept = torch.view_as_complex(reals.view(-1, 2))
+            return values
+        real = _REAL[self.dtype]
+        reals = values.to(real) if self.scale is None else _dequantize_int8(values, self.scale, real)
+        return torch.view_as_complex(reals)  # [..., 2]: float16 (K, 2) or int8 groups (G, INT8_GROUP // 2, 2)
+
+    def _dense(self, kept: torch.Tensor) -> torch.Tensor:
+        """``kept`` holding every entry (no bitmask), as a tensor of ``shape``."""
+        return kept if kept.shape == self.shape else kept.view(-1)[: _numel(self.shape)].view(self.shape)
+
+    def unpack(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(complex spectrum of ``shape``, bool mask or None)."""
+        kept = self._kept()
         if self.bits is None:
-            return (kept if kept.shape == self.shape else kept[: _numel(self.shape)].view(self.shape)), None
+            return self._dense(kept), None
         mask = self.mask()
-        return torch.zeros(self.shape, dtype=self.dtype, device=values.device).masked_scatter_(mask, kept), mask
+        return torch.zeros(self.shape, dtype=self.dtype, device=kept.device).masked_scatter_(mask, kept), mask
+
+    def unpack_into(self, out: torch.Tensor) -> torch.Tensor | None:
+        """Write the spectrum into ``out`` (of ``shape``, already zero: e.g. a view of a block's zeroed
+        buffer) and return its bool mask (None when nothing was zeroed)."""
+        kept = self._kept()
+        if self.bits is None:
+            out.copy_(self._dense(kept))
+            return None
+        mask = self.mask()
+        out.masked_scatter_(mask, kept)
+        return mask
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._fft import check_map, constant_cache, fft_dtype, fft_precision, padded_rfft2
+from ._fft import check_map, constant_cache, fft_dtype, fft_precision, needs_hermitian_repair, padded_rfft2
 from .compact import CompactChain, Replay
 from .packing import PackedSpectrum
 from .spectral_product import (
@@ -175,27 +175,32 @@ class SpectralChain:
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         self.x_like = (x.dtype, channels_last)
 
-    def input_spectrum(self, x: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
-        """Real (N, C, H, W) -> complex frequency-major (F, C, N), ortho, zero-padded to the block's FFT size."""
+    def input_spectrum(self, x: torch.Tensor, differentiable: bool = False, contiguous: bool = True) -> torch.Tensor:
+        """Real (N, C, H, W) -> complex frequency-major (F, C, N), ortho, zero-padded to the block's FFT size.
+
+        ``contiguous=False`` returns the FFT output's strided view (for a copy into a dense block's buffer).
+        """
         x = x.to(fft_dtype(x))
         if differentiable:
             spectrum = padded_rfft2(x, self.fft_size, norm="ortho")
         else:
             spectrum = torch.fft.rfft2(x, s=self.fft_size, norm="ortho")
-        return frequency_major(spectrum).contiguous()
+        spectrum = frequency_major(spectrum)
+        return spectrum.contiguous() if contiguous else spectrum
 
     def to_map(self, spectrum: torch.Tensor) -> torch.Tensor:
         """Frequency-major (F, C, N) spectrum -> real (N, C, h, w) map, cropped, in the input's dtype and layout."""
         p, q = self.fft_size
         grid = spectrum.view(p, q // 2 + 1, *spectrum.shape[1:])
-        if grid.device.type != "cpu":  # CPU's c2r already keeps only the Hermitian part
+        if needs_hermitian_repair(grid.device):
             grid = hermitian_repair_grid(grid, q)
         y = crop_to_map(torch.fft.irfft2(grid, s=self.fft_size, dim=(0, 1), norm="ortho"), self.crop)
         dtype, channels_last = self.x_like
         return y.to(dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format, copy=True)
 
     def to_map_adjoint(self, grad: torch.Tensor, real: torch.dtype, weighted: bool = True) -> torch.Tensor:
-        """Gradient of :meth:`to_map`'s spectrum from that of its map: real (N, C, h, w) -> complex (F, C, N).
+        """Conjugated gradient of :meth:`to_map`'s spectrum from that of its map: real (N, C, h, w) -> complex
+        (F, C, N) (backward runs on conjugated gradients: :mod:`.spectral_product`).
 
         ``weighted=False`` leaves out the doubling of the two-bin columns (the caller folds it into phases).
         """
@@ -204,21 +209,23 @@ class SpectralChain:
         grad = grad.to(real)
         if top or left:  # pad to the full grid at the crop's offset
             grad = F.pad(grad, (left, q - width - left, top, p - height - top))
-        spectrum = frequency_major(torch.fft.rfft2(grad, s=self.fft_size, norm="ortho")).contiguous()
+        spectrum = frequency_major(torch.fft.rfft2(grad, s=self.fft_size, norm="ortho")).contiguous().conj_physical_()
         if weighted:
             spectrum = spectrum.view(p, q // 2 + 1, -1).mul_(column_weights(q, 2.0, real, grad.device)[..., 0])
         return spectrum.view(-1, grad.shape[1], grad.shape[0])
 
-    def input_adjoint(self, grad: torch.Tensor, size: tuple[int, int], weighted: bool = True) -> torch.Tensor:
-        """Gradient of :meth:`input_spectrum`'s map from that of its spectrum: complex (F, C, N) -> real (N, C, H, W).
+    def input_adjoint(self, conj_grad: torch.Tensor, size: tuple[int, int], weighted: bool = True) -> torch.Tensor:
+        """Gradient of :meth:`input_spectrum`'s map from the conjugated gradient of its spectrum, which it
+        consumes (overwrites): complex (F, C, N) -> real (N, C, H, W).
 
-        ``weighted=False`` leaves out the halving of the two-bin columns (already folded into ``grad``).
+        ``weighted=False`` leaves out the halving of the two-bin columns (already folded into ``conj_grad``).
         """
         p, q = self.fft_size
-        grid = grad.view(p, q // 2 + 1, *grad.shape[1:])
+        grid = conj_grad.view(p, q // 2 + 1, *conj_grad.shape[1:])
         if weighted:
-            grid = grid * column_weights(q, 0.5, REAL[grad.dtype], grad.device)
-        if grid.device.type != "cpu":
+            grid = grid * column_weights(q, 0.5, REAL[conj_grad.dtype], conj_grad.device)
+        grid = grid.conj_physical_()
+        if needs_hermitian_repair(grid.device):
             grid = hermitian_repair_grid(grid, q)
         grad_x = torch.fft.irfft2(grid, s=self.fft_size, dim=(0, 1), norm="ortho")
         return crop_to_map(grad_x, (0, 0, *size)).contiguous()
@@ -274,24 +281,27 @@ class SpectralChain:
         self.check_input(x)
         packs = []
         with fft_precision(x):
-            spectrum = self.input_spectrum(x)
+            spectrum = self.input_spectrum(x, contiguous=not self.dense)
             if self.dense:  # every spectrum goes into one buffer; conv l reads a view of its first channels
                 buffer, width = self.dense_buffer(spectrum), spectrum.shape[1]
             for conv in self.convs:
-                inp = buffer.narrow(1, 0, width) if self.dense else spectrum
-                spectrum, mask = conv.spectral_step(inp, self.fft_size, inplace=True)
+                if self.dense:  # conv l writes its output after its input channels: no copy
+                    inp, out = buffer.narrow(1, 0, width), buffer.narrow(1, width, conv.out_channels)
+                    width += conv.out_channels
+                else:
+                    inp, out = spectrum, None
+                spectrum, mask = conv.spectral_step(inp, self.fft_size, inplace=True, out=out)
                 packs.append(PackedSpectrum.pack(spectrum, mask, self.storage))
                 conv.record_density(spectrum.numel(), None if mask is None else packs[-1].kept)
-                if self.dense:
-                    buffer.narrow(1, width, conv.out_channels).copy_(spectrum)
-                    width += conv.out_channels
             y = self.to_map(buffer if self.dense else spectrum)
         return (self.epilogue.run(y) if self.epilogue is not None else y), packs
 
-    def dense_buffer(self, first: torch.Tensor) -> torch.Tensor:
-        """A dense block's (F, C + sum(C_l), N) spectra buffer, holding ``first`` (X_0) in its first channels."""
+    def dense_buffer(self, first: torch.Tensor, zeroed: bool = False) -> torch.Tensor:
+        """A dense block's (F, C + sum(C_l), N) spectra buffer, holding ``first`` (X_0) in its first channels
+        (the rest zeroed when ``zeroed``)."""
         total = first.shape[1] + sum(c.out_channels for c in self.convs)
-        buffer = first.new_empty((first.shape[0], total, first.shape[2]))
+        shape = (first.shape[0], total, first.shape[2])
+        buffer = first.new_zeros(shape) if zeroed else first.new_empty(shape)
         buffer.narrow(1, 0, first.shape[1]).copy_(first)
         return buffer
 
@@ -338,11 +348,14 @@ class SpectralChain:
                 x = self.prologue.replay(pro_leaves, *in_leaves)
             x_value = x.detach()
         with fft_precision(x_value):
-            if self.dense:  # the block output is every spectrum, the input's included
-                last, last_mask = self.dense_buffer(self.input_spectrum(x_value)), None
+            if self.dense:  # the block output is every spectrum, the input's included; each unpacked in place
+                zeroed = any(pack.bits is not None for pack in packs)  # masked_scatter_ writes the kept entries only
+                last, last_mask = self.dense_buffer(self.input_spectrum(x_value, contiguous=False), zeroed), None
                 width = last.shape[1] - sum(c.out_channels for c in self.convs)
+                outputs, masks = [], []  # conv l's output X_{l+1}: a view of the buffer, and its keep mask
                 for conv, pack in zip(self.convs, packs):
-                    last.narrow(1, width, conv.out_channels).copy_(pack.unpack()[0])
+                    outputs.append(last.narrow(1, width, conv.out_channels))
+                    masks.append(pack.unpack_into(outputs[-1]))
                     width += conv.out_channels
             elif replayed is not None:
                 last, last_mask = replayed[3:]
@@ -370,63 +383,79 @@ class SpectralChain:
             # A plain chain folds the adjoints' column weights into the first and last convolutions' phases.
             grad = self.to_map_adjoint(grad_y, real, weighted=self.dense)
             if self.dense:
-                grad = self._dense_convs_backward(last, packs, params, grad, grads, needs, n_in, n_conv, need_x)
+                grad = self._dense_convs_backward(last, outputs, masks, params, grad, grads, needs, n_in, n_conv,
+                                                  need_x)
             else:
-                grad = self._chain_backward(x_value, last, last_mask, packs, params, grad, grads, needs, n_in,
-                                            n_conv, need_x)
+                held = [last, last_mask]  # handed over: the chain frees each spectrum after its last use
+                del last, last_mask
+                grad = self._chain_backward(x_value, held, packs, params, grad, grads, needs, n_in, n_conv, need_x)
         return self._input_backward(grad, grads, x, x_value, in_leaves, pro_leaves, n_in, n_conv, need_x)
 
-    def _chain_backward(self, x_value, last, last_mask, packs, params, grad, grads, needs, n_in, n_conv, need_x):
-        """Convolutions last to first; each spectrum is unpacked when needed and dropped after use."""
-        out_spec, out_mask = last, last_mask
-        del last, last_mask
+    def _chain_backward(self, x_value, held, packs, params, grad, grads, needs, n_in, n_conv, need_x):
+        """Convolutions last to first. ``held`` is the list [X_L, its mask], the only reference to them: each
+        spectrum is dropped as soon as it was used, so convolution l's output X_{l+1} (for the activation
+        and mask derivatives) is freed before its input X_l is unpacked (for the kernel gradient)."""
         slot = n_in + n_conv
         for index in range(len(self.convs) - 1, -1, -1):
             conv = self.convs[index]
             slot -= 1 + (conv.bias is not None)
-            if index > 0:
-                in_spec, in_mask = packs[index - 1].unpack()
-            else:
-                in_spec, in_mask = self.input_spectrum(x_value), None
+            grad, grad_real = self._output_grad(conv, held[0], held[1], grad)
+            held.clear()
+            held.extend(packs[index - 1].unpack() if index > 0 else (self.input_spectrum(x_value), None))
             out_scale = 2.0 if index == len(self.convs) - 1 else 1.0  # to_map's adjoint doubles two-bin columns
             in_scale = 0.5 if index == 0 else 1.0  # input_spectrum's adjoint halves them
-            grad = self._conv_grads(index, in_spec, out_spec, out_mask, grad, params, grads, needs, slot, n_in,
+            grad = self._conv_grads(index, held[0], grad, grad_real, params, grads, needs, slot, n_in,
                                     index > 0 or need_x, out_scale, in_scale)
-            out_spec, out_mask = in_spec, in_mask
-            del in_spec, in_mask
+        held.clear()
         return grad
 
-    def _conv_grads(self, index, in_spec, out_spec, out_mask, grad, params, grads, needs, slot, n_in, need_in,
-                    out_scale=1.0, in_scale=1.0):
-        """Gradients of convolution ``index``: weight and bias into ``grads``; returns the input spectrum's.
+    @staticmethod
+    def _output_grad(conv, out_spec, out_mask, grad):
+        """Through the activation and the threshold, in place: ``grad`` (the conjugated gradient of the
+        activation output ``out_spec``) becomes that of the convolution's product. Returns it and its real view.
 
-        ``grad`` (a fresh tensor, overwritten) is the gradient of the convolution's output ``out_spec``,
-        still to be multiplied by ``out_scale`` on its two-bin columns; the returned gradient is multiplied
-        by ``in_scale`` there. Both factors ride on the cached tap phases, not on a spectrum.
+        Split tanh's derivative (1 - tanh^2, from the stored output) acts on real and imaginary parts alike
+        and the mask is real, so both apply to conj(G) as to G.
         """
-        conv = self.convs[index]
         grad_real = torch.view_as_real(grad)
-        if conv.activation is not None:  # split tanh: d tanh = 1 - tanh^2, from the stored output
+        if conv.activation is not None:
             torch.ops.aten.tanh_backward.grad_input(grad_real, torch.view_as_real(out_spec), grad_input=grad_real)
         if out_mask is not None:  # the threshold passes gradients where it kept the entry
-            grad = grad.mul_(out_mask)
+            grad.mul_(out_mask)
+        return grad, grad_real
+
+    def _conv_grads(self, index, in_spec, grad, grad_real, params, grads, needs, slot, n_in, need_in,
+                    out_scale=1.0, in_scale=1.0, accumulate=None):
+        """Gradients of convolution ``index``: weight and bias into ``grads``; returns the input spectrum's
+        (added in place to ``accumulate`` when given).
+
+        ``grad`` is the conjugated gradient of the convolution's product (:meth:`_output_grad`; ``grad_real``
+        its real view), still to be
+        multiplied by ``out_scale`` on its two-bin columns; the returned (conjugated) gradient is multiplied
+        by ``in_scale`` there. Both factors ride on the cached tap phases, not on a spectrum. The bias
+        gradient reads the real part, which conjugation keeps.
+        """
+        conv = self.convs[index]
         weight = params[slot - n_in]
         grad_in = None
         if need_in:  # the kernel spectrum (large for wide layers on small maps) is freed before its gradient exists
-            conj_kernel = kernel_spectrum(weight, conv.dilation, self.fft_size, grad.dtype, True, out_scale * in_scale)
-            grad_in = mix_channels_input_grad(conj_kernel, grad)
-            del conj_kernel
+            kernel = kernel_spectrum(weight, conv.dilation, self.fft_size, grad.dtype, False, out_scale * in_scale)
+            grad_in = mix_channels_input_grad(kernel, grad, accumulate)
+            del kernel
         if needs[slot]:
             grad_kernel = mix_channels_kernel_grad(in_spec, grad)
             grads[slot] = kernel_spectrum_backward(grad_kernel, weight, conv.dilation, self.fft_size, out_scale)
             del grad_kernel
         if conv.bias is not None and needs[slot + 1]:  # the DC column has weight 1 in every adjoint
             p, q = self.fft_size
-            grads[slot + 1] = grad_real[0, ..., 0].sum(1).mul(math.sqrt(p * q)).to(params[slot + 1 - n_in].dtype)
+            s_c, s_n = grad_real.stride()[1:3]  # Re of the DC row, (C_out, N), as one view op
+            dc_real = grad_real.as_strided(grad_real.shape[1:3], (s_c, s_n), grad_real.storage_offset())
+            grads[slot + 1] = dc_real.sum(1).mul_(math.sqrt(p * q)).to(params[slot + 1 - n_in].dtype)
         return grad_in
 
-    def _dense_convs_backward(self, features, packs, params, grad_out, grads, needs, n_in, n_conv, need_x):
-        """Dense block: conv l reads X_0 .. X_{l-1}, the first channels of ``features`` (F, C + sum(C_l), N).
+    def _dense_convs_backward(self, features, outputs, masks, params, grad_out, grads, needs, n_in, n_conv, need_x):
+        """Dense block: conv l reads X_0 .. X_{l-1}, the first channels of ``features`` (F, C + sum(C_l), N);
+        ``outputs[l]`` is its output (a view of ``features``), ``masks[l]`` its keep mask (None: nothing zeroed).
 
         ``grad_out`` (same shape, overwritten) is the gradient of all of them; conv l's input gradient is
         added to its first channels, and the first C are returned: the gradient of the input spectrum X_0.
@@ -437,11 +466,10 @@ class SpectralChain:
             conv = self.convs[index]
             slot -= 1 + (conv.bias is not None)
             width -= conv.out_channels
-            grad_in = self._conv_grads(index, features.narrow(1, 0, width), features.narrow(1, width, conv.out_channels),
-                                       packs[index].mask(), grad_out.narrow(1, width, conv.out_channels), params,
-                                       grads, needs, slot, n_in, index > 0 or need_x)
-            if grad_in is not None:
-                grad_out.narrow(1, 0, width).add_(grad_in)
+            grad, grad_real = self._output_grad(conv, outputs[index], masks[index],
+                                                grad_out.narrow(1, width, conv.out_channels))
+            self._conv_grads(index, features.narrow(1, 0, width), grad, grad_real, params, grads, needs, slot, n_in,
+                             index > 0 or need_x, accumulate=grad_out.narrow(1, 0, width))
         return grad_out.narrow(1, 0, width)
 
     def _input_backward(self, grad, grads, x, x_value, in_leaves, pro_leaves, n_in, n_conv, need_x):
@@ -464,6 +492,10 @@ class SpectralChain:
         return grads
 
 
+# Dynamo cannot trace the packed path (a hand-written backward that replays the epilogue with
+# torch.autograd.grad), and tracing the rest recompiled per block (guards on the conv modules): under
+# torch.compile the chain runs eagerly and the compiler takes the code around it.
+@torch.compiler.disable
 def spectral_conv_chain(
     x: torch.Tensor | Sequence[torch.Tensor],
     convs: Sequence["SpectralConv2d"],

@@ -148,17 +148,25 @@ class SpectralConv2d(nn.Conv2d):
         return keep_mask(spectrum, fft_size, self.threshold, self.density)
 
     def spectral_step(
-        self, spectrum: torch.Tensor, fft_size: tuple[int, int], inplace: bool = False
+        self, spectrum: torch.Tensor, fft_size: tuple[int, int], inplace: bool = False, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Eq. 3-6 on a frequency-major (F, C_in, N) spectrum: returns (activation output, keep mask or None).
 
-        ``inplace`` applies bias, mask and split tanh to the product in place (no autograd: the packed path).
+        ``inplace`` applies bias, mask and split tanh to the product in place (no autograd: the packed path);
+        the product is then written into ``out`` (F, C_out, N) when given, e.g. a view of a DenseNet block's
+        spectra buffer.
         """
         p, q = fft_size
-        out = mix_channels(spectrum, kernel_spectrum(self.weight, self.dilation, fft_size, spectrum.dtype))
+        kernel = kernel_spectrum(self.weight, self.dilation, fft_size, spectrum.dtype)
+        out = mix_channels(spectrum, kernel, out=out if inplace else None)
+        del kernel
         if self.bias is not None:
             # A constant b on the P x Q grid has ortho DC coefficient b * sqrt(P Q) and nothing else.
-            out[0].add_(self.bias.to(REAL[out.dtype]).unsqueeze(1), alpha=math.sqrt(p * q))
+            bias = self.bias.to(REAL[out.dtype])
+            if inplace:  # the DC row of the contiguous (F, C, N) product as (N, C): one view op
+                out.as_strided(out.shape[:0:-1], out.stride()[:0:-1]).add_(bias, alpha=math.sqrt(p * q))
+            else:
+                out[0].add_(bias.unsqueeze(1), alpha=math.sqrt(p * q))
         mask = self.keep_mask(out, fft_size)
         if not inplace:  # the packed path counts the kept entries while packing, for free
             self.record_density(out.numel(), None if mask is None else mask.sum())

@@ -10,6 +10,11 @@ which is one complex batched GEMM over all frequencies (``torch.bmm``: cuBLAS/MK
 kernel spectra of every frequency are one GEMM of the cached tap phases with the k_h k_w spatial taps.
 No operand is split into chunks or copied between chained convolutions; each function is written next
 to its backward.
+
+Backward runs on **conjugated** gradients: with G = dL/dRe Y + i dL/dIm Y (PyTorch's convention for
+complex tensors), the adjoints take and return conj(G). Then ``conj(dL/dX) = K^T conj(G)`` and
+``conj(dL/dK) = conj(G) X^T`` need only transposed views, never a conjugated operand (which CPU
+``bmm`` would first copy whole: for a DenseNet layer, every earlier feature map).
 """
 from __future__ import annotations
 
@@ -72,38 +77,47 @@ def kernel_spectrum(
 
 
 def kernel_spectrum_backward(
-    grad: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, int], fft_size: tuple[int, int],
+    conj_grad: torch.Tensor, weight: torch.Tensor, dilation: tuple[int, int], fft_size: tuple[int, int],
     interior_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Gradient of ``weight`` (C_out, C_in, k_h, k_w) from that of :func:`kernel_spectrum`, complex (F, C_out, C_in).
+    """Gradient of ``weight`` (C_out, C_in, k_h, k_w) from the conjugated gradient of :func:`kernel_spectrum`.
 
-    K is linear in the real taps w: ``dL/dw = Re(sum_f conj(z[f]) G[f])`` (G = dL/dRe K + i dL/dIm K);
-    ``interior_scale`` scales G's two-bin columns first (:func:`tap_phases`).
+    K is linear in the real taps w: ``dL/dw = Re(sum_f conj(z[f]) G[f]) = Re(sum_f z[f] conj(G)[f])``
+    (G = dL/dRe K + i dL/dIm K); ``conj_grad`` is conj(G), complex (F, C_out, C_in); ``interior_scale``
+    scales its two-bin columns first (:func:`tap_phases`).
     """
     c_out, c_in, k_h, k_w = weight.shape
-    phases = tap_phases((k_h, k_w), tuple(dilation), tuple(fft_size), grad.dtype, grad.device, True, interior_scale)
-    n_freq, pairs, n_taps = grad.shape[0], c_out * c_in, k_h * k_w
-    grad = grad.contiguous()
-    taps = torch.mm(grad.as_strided((pairs, n_freq), (1, pairs)), phases)  # (C_out C_in, taps)
+    phases = tap_phases((k_h, k_w), tuple(dilation), tuple(fft_size), conj_grad.dtype, conj_grad.device, False,
+                        interior_scale)
+    n_freq, pairs, n_taps = conj_grad.shape[0], c_out * c_in, k_h * k_w
+    conj_grad = conj_grad.contiguous()
+    taps = torch.mm(conj_grad.as_strided((pairs, n_freq), (1, pairs)), phases)  # (C_out C_in, taps)
     # The real part as (C_out, C_in, k_h, k_w), in one view op; the copy makes it contiguous for AccumulateGrad.
     real = torch.view_as_real(taps).as_strided((c_out, c_in, k_h, k_w), (2 * c_in * n_taps, 2 * n_taps, 2 * k_w, 2))
     return real.to(weight.dtype, memory_format=torch.contiguous_format, copy=True)
 
 
-def mix_channels(spectrum: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """``Y[f] = K[f] X[f]``: complex (F, C_in, N) and (F, C_out, C_in) -> complex (F, C_out, N), one ``bmm``."""
-    return torch.bmm(kernel, spectrum)
+def mix_channels(spectrum: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``Y[f] = K[f] X[f]``: complex (F, C_in, N) and (F, C_out, C_in) -> complex (F, C_out, N), one ``bmm``
+    (into ``out`` when given: no copy into a block's buffer afterwards)."""
+    return torch.bmm(kernel, spectrum, out=out)
 
 
-def mix_channels_input_grad(conj_kernel: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``dL/dX = K^H G`` for :func:`mix_channels` and a real loss, from ``conj_kernel`` = conj K (F, C_out, C_in).
+def mix_channels_input_grad(kernel: torch.Tensor, conj_grad: torch.Tensor,
+                            accumulate: torch.Tensor | None = None) -> torch.Tensor:
+    """``conj(dL/dX) = K^T conj(G)`` for :func:`mix_channels` and a real loss (``dL/dX = K^H G``).
 
-    G = dL/dRe Y + i dL/dIm Y (PyTorch's convention for complex tensors). Returns complex (F, C_in, N).
+    ``kernel`` is K (F, C_out, C_in), ``conj_grad`` conj(G) (F, C_out, N). Returns complex (F, C_in, N),
+    or adds it to ``accumulate`` in place (one ``baddbmm_``) and returns that.
     """
-    return torch.bmm(conj_kernel.transpose(1, 2), grad)
+    if accumulate is not None:
+        return accumulate.baddbmm_(kernel.transpose(1, 2), conj_grad)
+    return torch.bmm(kernel.transpose(1, 2), conj_grad)
 
 
-def mix_channels_kernel_grad(spectrum: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``dL/dK = G X^H`` for :func:`mix_channels`: complex (F, C_out, C_in); ``X^H`` is a lazily conjugated view,
-    which ``bmm`` reads without a copy."""
-    return torch.bmm(grad, spectrum.mH)
+def mix_channels_kernel_grad(spectrum: torch.Tensor, conj_grad: torch.Tensor) -> torch.Tensor:
+    """``conj(dL/dK) = conj(G) X^T`` for :func:`mix_channels` (``dL/dK = G X^H``): complex (F, C_out, C_in).
+
+    ``X^T`` is a transposed view of the (F, C_in, N) spectrum, which ``bmm`` reads without a copy.
+    """
+    return torch.bmm(conj_grad, spectrum.transpose(1, 2))
