@@ -156,14 +156,17 @@ class SpectralConv2d(nn.Conv2d):
         the product is then written into ``out`` (F, C_out, N) when given, e.g. a view of a DenseNet block's
         spectra buffer.
         """
+        if out is not None and not inplace:
+            raise ValueError(f"{type(self).__name__}.spectral_step writes into `out` only with inplace=True "
+                             "(the packed path, without autograd)")
         p, q = fft_size
         kernel = kernel_spectrum(self.weight, self.dilation, fft_size, spectrum.dtype)
-        out = mix_channels(spectrum, kernel, out=out if inplace else None)
-        del kernel
+        out = mix_channels(spectrum, kernel, out=out)
+        del kernel  # large for wide layers on small maps: freed before the mask and activation
         if self.bias is not None:
             # A constant b on the P x Q grid has ortho DC coefficient b * sqrt(P Q) and nothing else.
             bias = self.bias.to(REAL[out.dtype])
-            if inplace:  # the DC row of the contiguous (F, C, N) product as (N, C): one view op
+            if inplace:  # the DC row of the (F, C, N) product as (N, C): one view op
                 out.as_strided(out.shape[:0:-1], out.stride()[:0:-1]).add_(bias, alpha=math.sqrt(p * q))
             else:
                 out[0].add_(bias.unsqueeze(1), alpha=math.sqrt(p * q))
