@@ -51,6 +51,8 @@ def test_unmasked_compact_pack_does_not_pin_a_larger_buffer():
     packed = PackedSpectrum.pack(view, None, "compact")
     assert packed.values.untyped_storage().nbytes() == view.numel() * view.element_size() == packed.nbytes
     assert torch.equal(packed.unpack()[0], view)
+    with pytest.raises(ValueError, match=r"shape \(6, 3, 4\), got torch.complex64 \(6, 4, 4\)"):
+        packed.unpack_into(torch.zeros(6, 4, 4, dtype=torch.complex64))
 
 
 @pytest.mark.parametrize("storage,bound", [("float16", 2**-11), ("int8", 1 / 254)])

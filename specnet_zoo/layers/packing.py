@@ -136,6 +136,9 @@ class PackedSpectrum:
     def unpack_into(self, out: torch.Tensor) -> torch.Tensor | None:
         """Write the spectrum into ``out`` (of ``shape``, already zero: e.g. a view of a block's zeroed
         buffer) and return its bool mask (None when nothing was zeroed)."""
+        if tuple(out.shape) != self.shape or out.dtype != self.dtype:
+            raise ValueError(f"unpack_into needs a {self.dtype} tensor of shape {self.shape}, got {out.dtype} "
+                             f"{tuple(out.shape)}")
         kept = self._kept()
         if self.bits is None:
             out.copy_(self._dense(kept))

@@ -41,7 +41,7 @@ from ..constants import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
 from ..data.sources import DataNotFoundError, read_mnist
 from ..paths import shared_data_dir
 
-__all__ = ["RunSpec", "dataset_tensors", "hardware", "load_result", "train"]
+__all__ = ["AdamBudget", "RunSpec", "dataset_tensors", "hardware", "load_result", "train"]
 
 DATASETS = {"mnist": (MNIST_MEAN, MNIST_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 
@@ -91,6 +91,25 @@ class RunSpec:
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class AdamBudget:
+    """Short constant-size Adam runs on a fixed CIFAR-10 subset with augmentation (Rippel's experiments):
+    the budget fields the spectral-parametrization and spectral-pooling reproductions share."""
+
+    steps: int
+    train_size: int
+    test_size: int
+    batch_size: int
+    seeds: tuple[int, ...] = (0, 1, 2)
+    lr: float = 3e-4
+
+    def run_spec(self, name: str, model: str, seed: int, model_kwargs: dict, schedule: str) -> RunSpec:
+        return RunSpec(name=name, model=model, dataset="cifar10", steps=self.steps, seed=seed,
+                       model_kwargs=model_kwargs, train_size=self.train_size, test_size=self.test_size,
+                       batch_size=self.batch_size, optimizer="adam", lr=self.lr, weight_decay=0.0,
+                       schedule=schedule, augment=True)
 
 
 def hardware() -> dict:

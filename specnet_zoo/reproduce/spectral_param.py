@@ -18,39 +18,31 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import RunSpec, train
+from .harness import AdamBudget, RunSpec, train
 
 NETWORKS = ("rippel_generic", "rippel_deep", "specpool_cifar")
 PAPER_SPEEDUP = {("rippel_deep", 3): 2.2, ("rippel_deep", 5): 4.8, ("rippel_generic", 3): 2.2,
                  ("rippel_generic", 5): 5.1, ("specpool_cifar", 3): 2.4, ("specpool_cifar", 5): 4.8}
 
 
-@dataclass(frozen=True)
-class Budget:
+@dataclass(frozen=True, kw_only=True)
+class Budget(AdamBudget):
     networks: tuple[str, ...]
     kernel_sizes: tuple[int, ...]
-    steps: int
-    train_size: int
-    test_size: int
-    batch_size: int
-    seeds: tuple[int, ...] = (0, 1, 2)
-    lr: float = 3e-4
     smoothing: int = 25  # moving-average window of the training loss (steps)
 
     def spec(self, network: str, kernel_size: int, spectral: bool, seed: int) -> RunSpec:
         kind = "spectral" if spectral else "spatial"
-        return RunSpec(name=f"spectral-param/{network}-{kernel_size}x{kernel_size}-{kind}-s{seed}", model=network,
-                       dataset="cifar10", steps=self.steps, seed=seed,
-                       model_kwargs=dict(kernel_size=kernel_size, spectral_param=spectral),
-                       train_size=self.train_size, test_size=self.test_size, batch_size=self.batch_size,
-                       optimizer="adam", lr=self.lr, weight_decay=0.0, schedule="constant", augment=True)
+        return self.run_spec(f"spectral-param/{network}-{kernel_size}x{kernel_size}-{kind}-s{seed}", network, seed,
+                             dict(kernel_size=kernel_size, spectral_param=spectral), "constant")
 
 
 BUDGETS = {
-    "quick": Budget(NETWORKS, (3,), steps=8, train_size=320, test_size=200, batch_size=16, seeds=(0, 1),
-                    smoothing=3),
-    "cpu": Budget(NETWORKS, (3,), steps=150, train_size=2560, test_size=1000, batch_size=32),
-    "full": Budget(NETWORKS, (3, 5), steps=4000, train_size=10000, test_size=10000, batch_size=64),
+    "quick": Budget(networks=NETWORKS, kernel_sizes=(3,), steps=8, train_size=320, test_size=200, batch_size=16,
+                    seeds=(0, 1), smoothing=3),
+    "cpu": Budget(networks=NETWORKS, kernel_sizes=(3,), steps=150, train_size=2560, test_size=1000, batch_size=32),
+    "full": Budget(networks=NETWORKS, kernel_sizes=(3, 5), steps=4000, train_size=10000, test_size=10000,
+                   batch_size=64),
 }
 
 

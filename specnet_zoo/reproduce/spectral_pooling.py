@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import RunSpec, train
+from .harness import AdamBudget, RunSpec, train
 
 VARIANTS = {
     "spectral pooling + frequency dropout": {},
@@ -22,22 +22,12 @@ VARIANTS = {
 PAPER_ERROR = {"CIFAR-10": 0.0817, "CIFAR-100": 0.3218}  # Table 4(a): spectral pooling + frequency dropout
 
 
-@dataclass(frozen=True)
-class Budget:
-    steps: int
-    train_size: int
-    test_size: int
-    batch_size: int
-    seeds: tuple[int, ...] = (0, 1, 2)
-    lr: float = 3e-4
-
+class Budget(AdamBudget):
     def spec(self, label: str, seed: int) -> RunSpec:
         slug = {"spectral pooling + frequency dropout": "specpool-fd", "spectral pooling, no frequency dropout":
                 "specpool-no-fd", "max pooling (same sizes)": "maxpool"}[label]
-        return RunSpec(name=f"spectral-pooling/{slug}-s{seed}", model="specpool_cifar", dataset="cifar10",
-                       steps=self.steps, seed=seed, model_kwargs=dict(VARIANTS[label]), train_size=self.train_size,
-                       test_size=self.test_size, batch_size=self.batch_size, optimizer="adam", lr=self.lr,
-                       weight_decay=0.0, schedule="onecycle", augment=True)
+        return self.run_spec(f"spectral-pooling/{slug}-s{seed}", "specpool_cifar", seed, dict(VARIANTS[label]),
+                             "onecycle")
 
 
 BUDGETS = {
